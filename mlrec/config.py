@@ -1,0 +1,414 @@
+"""The typed configuration tree: dataclasses set from YAML and dotted command-line overrides.
+
+Every run is described by one `Config`. YAML files and `section.key=value` overrides only set
+values; the dataclasses define what exists, its type and its default. The defaults are the
+built-in quickstart (a tiny encoder trained from scratch on the synthetic corpus), so
+`configs/quickstart.yaml` and `Config()` describe the same run (a test keeps them equal).
+Validation happens once, on load, and stops with a single `ConfigError` naming the key and the
+file (or the command line) it came from, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or impossible."""
+
+
+@dataclass(kw_only=True)
+class SyntheticCorpusConfig:
+    """Sizes of the built-in synthetic corpus (used when `data.source` is `synthetic`)."""
+
+    languages: list[str] = field(
+        default_factory=lambda: ["en", "de", "fr", "es", "ru", "uk", "ar", "zh", "ja"]
+    )
+    num_news: int = 1500
+    num_users: int = 1200
+    train_impressions: int = 12000
+    dev_impressions: int = 2000
+    mixed_language_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the corpus lives, how it is sharded and how training samples are drawn."""
+
+    source: str = "synthetic"  # synthetic: generated on first use; mind: a MIND/xMIND folder
+    dir: str = ""  # corpus folder; "" means <run_dir>/corpus
+    # language -> news.tsv files, relative to `dir`; {} finds news/<lang>.tsv (xMIND-style
+    # layout, as the synthetic corpus writes) or else MIND's train/ and dev/news.tsv
+    news: dict[str, list[str]] = field(default_factory=dict)
+    train_behaviors: str = "train/behaviors.tsv"
+    dev_behaviors: str = "dev/behaviors.tsv"
+    default_language: str = "en"  # language of item refs written without "@lang" (plain MIND)
+    shards_dir: str = ""  # "" means <run_dir>/shards
+    shard_max_samples: int = 5000
+    text_fields: list[str] = field(default_factory=lambda: ["title"])
+    max_item_tokens: int = 24
+    max_history: int = 20
+    negatives: int = 4  # K sampled negatives per positive
+    batch_size: int = 32  # impressions' positives per step and process
+    num_workers: int = 1  # DataLoader workers per process
+    synthetic: SyntheticCorpusConfig = field(default_factory=SyntheticCorpusConfig)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """The item encoder (a Hugging Face encoder) and the user encoder over the click history."""
+
+    # Hugging Face id or local path; "" builds a randomly initialised XLM-R from the sizes below
+    name_or_path: str = ""
+    # tokenizer id or path; "" means the model's, or one trained on the corpus when building
+    tokenizer: str = ""
+    vocab_size: int = 6000  # only for the locally trained tokenizer
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 128
+    pooling: str = "mean"  # mean | cls
+    projection_dim: int = 0  # 0: item vectors keep the encoder's width
+    user_encoder: str = "attention"  # attention (NRMS-style) | mean
+    user_heads: int = 4
+    dropout: float = 0.1
+    trust_remote_code: bool = False
+
+
+@dataclass(kw_only=True)
+class AdapterConfig:
+    """How the encoder is adapted: peft LoRA/AdaLoRA, full fine-tuning, or frozen."""
+
+    method: str = "lora"  # lora | adalora | full | frozen
+    r: int = 8  # higher: more capacity, more memory
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)  # [] picks per architecture
+    # A randomly initialised encoder learns nothing through low-rank updates alone, so the
+    # quickstart also trains the embeddings; a pretrained encoder would leave this empty.
+    modules_to_save: list[str] = field(default_factory=lambda: ["embeddings"])
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """The optimisation loop."""
+
+    steps: int = 300
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    schedule: str = "cosine"  # cosine | linear | constant
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only the final checkpoint
+    keep_last: int = 2
+    resume: str = ""  # "" | latest | path to a checkpoint directory
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Held-out evaluation on the dev impressions."""
+
+    batch_size: int = 256  # items encoded per forward pass
+    max_impressions: int = 0  # 0: all
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """What `mlrec export` writes."""
+
+    dir: str = ""  # "" means <run_dir>/export
+
+
+@dataclass(kw_only=True)
+class Config:
+    """One mlrec run."""
+
+    run_dir: str = "runs/quickstart"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    # Derived locations, so every stage agrees on the run directory layout.
+    @property
+    def corpus_dir(self) -> Path:
+        return Path(self.data.dir) if self.data.dir else Path(self.run_dir) / "corpus"
+
+    @property
+    def shards_dir(self) -> Path:
+        return Path(self.data.shards_dir) if self.data.shards_dir else Path(self.run_dir) / "shards"
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.export.dir) if self.export.dir else Path(self.run_dir) / "export"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": ("synthetic", "mind"),
+    "model.pooling": ("mean", "cls"),
+    "model.user_encoder": ("attention", "mean"),
+    "adapter.method": ("lora", "adalora", "full", "frozen"),
+    "train.schedule": ("cosine", "linear", "constant"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+}
+TEXT_FIELDS = ("title", "abstract")
+
+# key -> (predicate, what it must be)
+_POSITIVE = (lambda v: v > 0, "must be > 0")
+_NON_NEGATIVE = (lambda v: v >= 0, "must be >= 0")
+_FRACTION = (lambda v: 0 <= v <= 1, "must be between 0 and 1")
+BOUNDS: dict[str, tuple[Any, str]] = {
+    "data.synthetic.num_news": _POSITIVE,
+    "data.synthetic.num_users": _POSITIVE,
+    "data.synthetic.train_impressions": _POSITIVE,
+    "data.synthetic.dev_impressions": _POSITIVE,
+    "data.synthetic.mixed_language_fraction": _FRACTION,
+    "data.shard_max_samples": _POSITIVE,
+    "data.max_item_tokens": (lambda v: v >= 4, "must be >= 4"),
+    "data.max_history": _POSITIVE,
+    "data.negatives": (lambda v: v >= 1, "must be >= 1 (K sampled negatives per positive)"),
+    "data.batch_size": _POSITIVE,
+    "data.num_workers": _NON_NEGATIVE,
+    "model.vocab_size": (lambda v: v >= 100, "must be >= 100"),
+    "model.hidden_size": _POSITIVE,
+    "model.num_layers": _POSITIVE,
+    "model.num_heads": _POSITIVE,
+    "model.intermediate_size": _POSITIVE,
+    "model.projection_dim": _NON_NEGATIVE,
+    "model.user_heads": _POSITIVE,
+    "model.dropout": _FRACTION,
+    "adapter.r": _POSITIVE,
+    "adapter.alpha": _POSITIVE,
+    "adapter.dropout": _FRACTION,
+    "train.steps": _POSITIVE,
+    "train.lr": _POSITIVE,
+    "train.weight_decay": _NON_NEGATIVE,
+    "train.warmup_steps": _NON_NEGATIVE,
+    "train.grad_accum": _POSITIVE,
+    "train.max_grad_norm": _NON_NEGATIVE,
+    "train.log_every": _POSITIVE,
+    "train.checkpoint_every": _NON_NEGATIVE,
+    "train.keep_last": _POSITIVE,
+    "eval.batch_size": _POSITIVE,
+    "eval.max_impressions": _NON_NEGATIVE,
+}
+
+
+def _is_local_path(value: str) -> bool:
+    """A model/tokenizer reference the user wrote as a path (not a hub id), so it must exist."""
+    return value.startswith(("/", "./", "../", "~"))
+
+
+def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> None:
+    from mlrec.data.synthetic import SUPPORTED_LANGUAGES
+
+    def fail(key: str, message: str) -> None:
+        where = origin.get(key, "defaults")
+        raise ConfigError(f"{where}: {key} {message}")
+
+    flat = _flatten(cfg.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            fail(key, f"must be one of {', '.join(allowed)}; got {flat[key]!r}")
+    for key, (ok, what) in BOUNDS.items():
+        if not ok(flat[key]):
+            fail(key, f"{what}; got {flat[key]!r}")
+    for lang in cfg.data.synthetic.languages:
+        if lang not in SUPPORTED_LANGUAGES:
+            fail(
+                "data.synthetic.languages",
+                f"has unknown language {lang!r}; known: {', '.join(SUPPORTED_LANGUAGES)}",
+            )
+    if not cfg.data.synthetic.languages:
+        fail("data.synthetic.languages", "must list at least one language")
+    if not cfg.data.text_fields or any(f not in TEXT_FIELDS for f in cfg.data.text_fields):
+        fail("data.text_fields", f"must be a non-empty list of {', '.join(TEXT_FIELDS)}")
+    if cfg.model.hidden_size % cfg.model.num_heads:
+        fail("model.num_heads", f"must divide model.hidden_size ({cfg.model.hidden_size})")
+    if cfg.train.warmup_steps > cfg.train.steps:
+        fail("train.warmup_steps", f"must not exceed train.steps ({cfg.train.steps})")
+    if not check_files:
+        return
+    if cfg.data.source == "mind":
+        if not cfg.data.dir:
+            fail("data.dir", "must name the MIND/xMIND folder when data.source is mind")
+        if not Path(cfg.data.dir).is_dir():
+            fail("data.dir", f"is not a folder: {cfg.data.dir}")
+        for key in ("train_behaviors", "dev_behaviors"):
+            path = Path(cfg.data.dir) / getattr(cfg.data, key)
+            if not path.is_file():
+                fail(f"data.{key}", f"file not found: {path}")
+        for lang, files in cfg.data.news.items():
+            for rel in files:
+                if not (Path(cfg.data.dir) / rel).is_file():
+                    fail("data.news", f"file for {lang!r} not found: {Path(cfg.data.dir) / rel}")
+    for key in ("model.name_or_path", "model.tokenizer"):
+        value = flat[key]
+        if value and _is_local_path(value) and not Path(value).expanduser().exists():
+            fail(key, f"path does not exist: {value}")
+    resume = cfg.train.resume
+    if resume and resume != "latest" and not Path(resume).is_dir():
+        fail("train.resume", f"must be '', 'latest' or a checkpoint folder; not found: {resume}")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and not _is_mapping_field(prefix + key):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _is_mapping_field(key: str) -> bool:
+    return key == "data.news"
+
+
+def _check_type(key: str, value: Any, annotation: Any, where: str) -> Any:
+    """Return `value` converted to `annotation`'s type, or raise naming the key."""
+
+    def fail() -> None:
+        raise ConfigError(f"{where}: {key} must be {_type_name(annotation)}; got {value!r}")
+
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail()
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            fail()
+        return float(value)
+    if annotation is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            fail()
+        return str(value)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            fail()
+        return [_check_type(f"{key}[{i}]", v, item_type, where) for i, v in enumerate(value)]
+    if origin is dict:
+        _, value_type = typing.get_args(annotation)
+        if not isinstance(value, dict):
+            fail()
+        return {str(k): _check_type(f"{key}.{k}", v, value_type, where) for k, v in value.items()}
+    raise TypeError(f"unsupported config annotation for {key}: {annotation}")
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return {"int": "an integer", "float": "a number", "str": "a string", "bool": "true/false"}[
+            annotation.__name__
+        ]
+    return str(annotation).replace("typing.", "")
+
+
+def _merge(
+    node: Any, values: dict[str, Any], prefix: str, where: str, origin: dict[str, str]
+) -> None:
+    """Set `values` onto the dataclass `node`, checking every key and type."""
+    hints = typing.get_type_hints(type(node))
+    names = {f.name for f in dataclasses.fields(node)}
+    for key, value in values.items():
+        dotted = prefix + str(key)
+        if key not in names:
+            known = ", ".join(sorted(names))
+            raise ConfigError(f"{where}: unknown key {dotted!r} (known here: {known})")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {dotted} must be a mapping of its keys; got {value!r}")
+            _merge(getattr(node, key), value, dotted + ".", where, origin)
+            continue
+        setattr(node, key, _check_type(dotted, value, annotation, where))
+        origin[dotted] = where
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`train.lr=3e-4` -> ("train.lr", 0.0003); values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"command line: override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"command line: cannot read the value of {key!r}: {err}") from err
+    if isinstance(value, str) and _looks_numeric(value):
+        value = float(value)  # YAML 1.1 reads "3e-4" as a string
+    return key.strip(), value
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    tree: Any = value
+    for part in reversed(key.split(".")):
+        tree = {part: tree}
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    """Build a validated `Config` from an optional YAML file and `key=value` overrides."""
+    cfg = Config()
+    origin: dict[str, str] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"{path}: must hold a mapping of sections, not {type(values).__name__}"
+            )
+        _merge(cfg, values, "", str(path), origin)
+    for text in overrides:
+        key, value = parse_override(text)
+        _merge(cfg, _nest(key, value), "", f"command line override {text!r}", origin)
+    _validate(cfg, origin)
+    return cfg
+
+
+def config_from_dict(values: dict[str, Any], where: str = "saved config") -> Config:
+    """Rebuild a `Config` saved by `Config.save` (for export and evaluation of finished runs)."""
+    cfg = Config()
+    origin: dict[str, str] = {}
+    _merge(cfg, values, "", where, origin)
+    _validate(cfg, origin, check_files=False)  # the run may have moved since it was trained
+    return cfg

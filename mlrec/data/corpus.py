@@ -1,0 +1,54 @@
+"""Locating (and, for the built-in corpus, generating) the MIND-format files a config names."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mlrec.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def prepare_corpus(cfg: Config) -> Path:
+    """Return the corpus folder, generating the synthetic corpus there on first use."""
+    root = cfg.corpus_dir
+    if cfg.data.source == "synthetic" and not (root / "corpus.json").is_file():
+        from mlrec.data.synthetic import generate_corpus
+
+        syn = cfg.data.synthetic
+        log.info("generating the synthetic corpus in %s", root)
+        generate_corpus(
+            root,
+            languages=syn.languages,
+            num_news=syn.num_news,
+            num_users=syn.num_users,
+            train_impressions=syn.train_impressions,
+            dev_impressions=syn.dev_impressions,
+            mixed_language_fraction=syn.mixed_language_fraction,
+            seed=syn.seed,
+            progress=True,
+        )
+    return root
+
+
+def news_files(cfg: Config) -> dict[str, list[Path]]:
+    """Language -> news.tsv files, from `data.news` or the folder's layout."""
+    root = cfg.corpus_dir
+    if cfg.data.news:
+        return {lang: [root / rel for rel in rels] for lang, rels in cfg.data.news.items()}
+    per_language = sorted((root / "news").glob("*.tsv"))
+    if per_language:
+        return {p.stem: [p] for p in per_language}
+    mind = [p for p in (root / "train/news.tsv", root / "dev/news.tsv") if p.is_file()]
+    if mind:
+        return {cfg.data.default_language: mind}
+    raise ConfigError(
+        f"data.news: no news files found in {root} (looked for news/<lang>.tsv and "
+        "train/news.tsv); list them as data.news: {lang: [path, ...]}"
+    )
+
+
+def behaviors_file(cfg: Config, split: str) -> Path:
+    rel = {"train": cfg.data.train_behaviors, "dev": cfg.data.dev_behaviors}[split]
+    return cfg.corpus_dir / rel

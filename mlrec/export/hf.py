@@ -1,0 +1,72 @@
+"""Exporting a trained run in Hugging Face format, and loading such an export back.
+
+Layout of an export folder:
+  config.json, model.safetensors    the item encoder's backbone, adapters merged into its weights:
+  tokenizer files                   `transformers.AutoModel.from_pretrained(EXPORT)` loads it
+  mlrec_heads.safetensors           pooling projection and user encoder weights
+  mlrec_config.yaml                 the run's resolved mlrec config
+  metrics.json                      the run's evaluation, when it has one
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+from safetensors.torch import load_file, save_file
+
+from mlrec.config import Config, config_from_dict
+from mlrec.models.adapters import merged_backbone
+from mlrec.models.recommender import (
+    ItemEncoder,
+    Recommender,
+    build_user_encoder,
+    load_backbone,
+)
+from mlrec.models.tokenizer import load_tokenizer
+
+HEADS_FILE = "mlrec_heads.safetensors"
+CONFIG_FILE = "mlrec_config.yaml"
+
+
+def export_model(model: Recommender, tokenizer, cfg: Config, out_dir: str | Path) -> Path:
+    """Write `model` (adapters merged) with its tokenizer and config to `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    backbone = merged_backbone(model.item_encoder.backbone)
+    model.item_encoder.backbone = backbone  # merged: the trained model is not used afterwards
+    backbone.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    heads = {f"projection.{k}": v for k, v in model.item_encoder.projection.state_dict().items()}
+    heads.update({f"user_encoder.{k}": v for k, v in model.user_encoder.state_dict().items()})
+    save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(out / HEADS_FILE))
+    cfg.save(out / CONFIG_FILE)
+    metrics = Path(cfg.run_dir) / "eval" / "metrics.json"
+    if metrics.is_file():
+        shutil.copy(metrics, out / "metrics.json")
+    return out
+
+
+def load_export(export_dir: str | Path) -> tuple[Recommender, object, Config]:
+    """Rebuild the recommender, its tokenizer and config from an export folder (no pickle)."""
+    export_dir = Path(export_dir)
+    cfg = config_from_dict(
+        yaml.safe_load((export_dir / CONFIG_FILE).read_text()), str(export_dir / CONFIG_FILE)
+    )
+    backbone = load_backbone(str(export_dir), cfg.model.trust_remote_code)
+    item_encoder = ItemEncoder(backbone, cfg.model.pooling, cfg.model.projection_dim)
+    model = Recommender(item_encoder, build_user_encoder(cfg.model, item_encoder.dim))
+    heads = load_file(str(export_dir / HEADS_FILE))
+    item_encoder.projection.load_state_dict(
+        {k.removeprefix("projection."): v for k, v in heads.items() if k.startswith("projection.")}
+    )
+    model.user_encoder.load_state_dict(
+        {
+            k.removeprefix("user_encoder."): v
+            for k, v in heads.items()
+            if k.startswith("user_encoder.")
+        }
+    )
+    tokenizer = load_tokenizer(export_dir, trust_remote_code=cfg.model.trust_remote_code)
+    return model.eval(), tokenizer, cfg

@@ -1,0 +1,70 @@
+"""Adapting the item encoder's backbone: peft LoRA / AdaLoRA, full fine-tuning, or frozen."""
+
+from __future__ import annotations
+
+from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from mlrec.config import AdapterConfig
+
+# Linear layers worth adapting, per architecture: attention projections and feed-forward layers.
+TARGET_MODULES: dict[str, list[str]] = {
+    "xlm-roberta": ["query", "key", "value", "dense"],
+    "roberta": ["query", "key", "value", "dense"],
+    "bert": ["query", "key", "value", "dense"],
+    "camembert": ["query", "key", "value", "dense"],
+    "electra": ["query", "key", "value", "dense"],
+    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
+    "mpnet": ["q", "k", "v", "o"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+}
+
+
+def target_modules(backbone: PreTrainedModel, cfg: AdapterConfig) -> list[str]:
+    if cfg.target_modules:
+        return cfg.target_modules
+    model_type = backbone.config.model_type
+    if model_type not in TARGET_MODULES:
+        raise ValueError(
+            f"adapter.target_modules: no default for model type {model_type!r}; list the names "
+            "of its attention/feed-forward Linear layers"
+        )
+    return TARGET_MODULES[model_type]
+
+
+def adapt_backbone(backbone: PreTrainedModel, cfg: AdapterConfig, total_steps: int) -> nn.Module:
+    """Return the backbone ready to train under `cfg.method`."""
+    if cfg.method == "full":
+        return backbone
+    if cfg.method == "frozen":
+        backbone.requires_grad_(False)
+        return backbone
+    common = {
+        "target_modules": target_modules(backbone, cfg),
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "modules_to_save": cfg.modules_to_save or None,
+    }
+    if cfg.method == "lora":
+        peft_config = LoraConfig(r=cfg.r, **common)
+    else:
+        # AdaLoRA starts every matrix at 1.5x the target rank and prunes towards `r` between
+        # tinit and total_step - tfinal; update_and_allocate must run every step for that.
+        peft_config = AdaLoraConfig(
+            init_r=max(cfg.r + 1, int(cfg.r * 1.5)),
+            target_r=cfg.r,
+            tinit=max(1, total_steps // 10),
+            tfinal=max(1, total_steps // 5),
+            deltaT=max(1, total_steps // 20),
+            total_step=total_steps,
+            **common,
+        )
+    return get_peft_model(backbone, peft_config)
+
+
+def merged_backbone(backbone: nn.Module) -> PreTrainedModel:
+    """The plain Hugging Face model with adapters folded into its weights (for export)."""
+    if isinstance(backbone, PeftModel):
+        return backbone.merge_and_unload()
+    return backbone

@@ -1,0 +1,145 @@
+"""The recommender: an item encoder over news text, a user encoder over clicks, dot-product scores.
+
+Item encoder: any Hugging Face encoder (AutoModel) with CLS or mean pooling and an optional linear
+projection. User encoder: NRMS-style multi-head self-attention over the clicked items followed by
+additive attention (Wu et al., 2019), or a plain mean as a baseline. A candidate's score is the dot
+product of its item vector with the user vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AutoModel, PreTrainedModel, XLMRobertaConfig
+
+from mlrec.config import ModelConfig
+
+
+def build_backbone(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
+    """Load `cfg.name_or_path` (hub id or folder), or build a random XLM-R of the set size."""
+    if cfg.name_or_path:
+        return load_backbone(cfg.name_or_path, cfg.trust_remote_code)
+    config = XLMRobertaConfig(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        max_position_embeddings=514,
+        pad_token_id=pad_token_id,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    return AutoModel.from_config(config, add_pooling_layer=False)
+
+
+def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+    """A pretrained encoder from the hub or a folder, without the pooler mlrec does not use."""
+    kwargs = {"trust_remote_code": trust_remote_code}
+    try:  # BERT-family poolers go unused, and DDP rejects parameters without gradients
+        return AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
+    except TypeError:  # architectures without a pooler do not take the argument
+        return AutoModel.from_pretrained(name_or_path, **kwargs)
+
+
+class ItemEncoder(nn.Module):
+    """Token ids -> one vector per item."""
+
+    def __init__(self, backbone: PreTrainedModel, pooling: str, projection_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        width = backbone.config.hidden_size
+        self.projection = nn.Linear(width, projection_dim) if projection_dim else nn.Identity()
+        self.dim = projection_dim or width
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self.projection(pooled)
+
+
+class AdditiveAttention(nn.Module):
+    """Softmax-weighted sum of a sequence, weights from a small learned query."""
+
+    def __init__(self, dim: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = self.score(x).squeeze(-1).masked_fill(~mask, torch.finfo(x.dtype).min)
+        weights = torch.softmax(logits, dim=-1) * mask  # an empty history pools to zeros
+        return torch.einsum("bh,bhd->bd", weights, x)
+
+
+class AttentionUserEncoder(nn.Module):
+    """NRMS user encoder: self-attention across clicked items, then additive attention."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model.user_heads ({heads}) must divide the item width ({dim})")
+        self.self_attention = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.pool = AdditiveAttention(dim)
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # A row with no history would attend to nothing (NaN); let it see itself instead.
+        key_padding = ~mask
+        key_padding[:, 0] &= mask.any(dim=1)
+        attended, _ = self.self_attention(history, history, history, key_padding_mask=key_padding)
+        return self.pool(self.norm(history + attended), mask)
+
+
+class MeanUserEncoder(nn.Module):
+    """Baseline: the mean of the clicked items' vectors."""
+
+    def forward(self, history: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = mask.unsqueeze(-1).to(history.dtype)
+        return (history * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def build_user_encoder(cfg: ModelConfig, dim: int) -> nn.Module:
+    if cfg.user_encoder == "mean":
+        return MeanUserEncoder()
+    return AttentionUserEncoder(dim, cfg.user_heads, cfg.dropout)
+
+
+class Recommender(nn.Module):
+    """Scores candidates for users; each distinct item of a batch is encoded once."""
+
+    def __init__(self, item_encoder: ItemEncoder, user_encoder: nn.Module) -> None:
+        super().__init__()
+        self.item_encoder = item_encoder
+        self.user_encoder = user_encoder
+
+    def user_vectors(
+        self, item_vectors: torch.Tensor, history: torch.Tensor, history_mask: torch.Tensor
+    ) -> torch.Tensor:
+        return self.user_encoder(item_vectors[history], history_mask)
+
+    def forward(
+        self,
+        item_ids: torch.Tensor,
+        item_mask: torch.Tensor,
+        history: torch.Tensor,
+        history_mask: torch.Tensor,
+        candidates: torch.Tensor,
+    ) -> torch.Tensor:
+        """Scores [batch, candidates]; `history`/`candidates` index rows of `item_ids`."""
+        items = self.item_encoder(item_ids, item_mask)
+        users = self.user_vectors(items, history, history_mask)
+        return torch.einsum("bd,bcd->bc", users, items[candidates])
+
+
+def build_recommender(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Recommender:
+    item_encoder = ItemEncoder(
+        build_backbone(cfg, vocab_size, pad_token_id), cfg.pooling, cfg.projection_dim
+    )
+    return Recommender(item_encoder, build_user_encoder(cfg, item_encoder.dim))

@@ -1,0 +1,64 @@
+"""Atomic, rotating checkpoints: accelerate's full state plus the trainer's own counters.
+
+A checkpoint is written into a hidden temporary folder and renamed to `step-XXXXXXXX` only once
+every process has finished writing, so a crash or kill -9 mid-write never leaves a folder that
+looks complete. `trainer_state.json` is written last inside it and marks completeness.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+STATE_FILE = "trainer_state.json"
+PREFIX = "step-"
+
+
+def checkpoint_dirs(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = checkpoint_dirs(root)
+    return found[-1] if found else None
+
+
+def save_checkpoint(
+    accelerator: Accelerator, root: str | Path, step: int, state: dict[str, Any], keep_last: int
+) -> Path:
+    """Write a checkpoint for `step` on every rank; return its final folder."""
+    root = Path(root)
+    final = root / f"{PREFIX}{step:08d}"
+    tmp = root / f".tmp-{PREFIX}{step:08d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in checkpoint_dirs(root)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator: Accelerator, path: str | Path) -> dict[str, Any]:
+    """Restore model, optimizer, scheduler and RNG states; return the trainer's counters."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a complete mlrec checkpoint (no {STATE_FILE})")
+    accelerator.load_state(str(path))
+    return json.loads((path / STATE_FILE).read_text())

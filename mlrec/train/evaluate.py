@@ -1,0 +1,90 @@
+"""Scoring the held-out impressions, split across processes and gathered without duplicates.
+
+Every process reads the dev impressions in the same order and scores those at positions
+rank, rank + world, ...; per-impression metrics are gathered to all ranks and keyed by
+impression id, so the result is the same with one process or several.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from mlrec.data.loader import read_impressions, shard_paths
+from mlrec.data.shards import ITEM_TOKENS
+from mlrec.evaluation import impression_metrics, summarize
+from mlrec.models.recommender import Recommender
+
+_USERS_PER_PASS = 256
+
+
+@torch.no_grad()
+def encode_rows(
+    model: Recommender,
+    table: np.ndarray,
+    rows: list[int],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Item vectors for the given rows of the item table, `batch_size` items per forward pass."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        tokens = table[rows[start : start + batch_size]]
+        width = max(int((tokens != pad_id).sum(axis=1).max()), 1)
+        ids = torch.from_numpy(tokens[:, :width].astype(np.int64)).to(device)
+        out.append(model.item_encoder(ids, ids != pad_id).float())
+    return torch.cat(out) if out else torch.empty(0, model.item_encoder.dim, device=device)
+
+
+@torch.no_grad()
+def evaluate(
+    model: Recommender,
+    accelerator: Accelerator,
+    shards_dir: str | Path,
+    pad_id: int,
+    *,
+    batch_size: int,
+    max_history: int,
+    max_impressions: int = 0,
+) -> dict[str, Any]:
+    """MIND metrics on the dev shards, per language and overall (see mlrec.evaluation)."""
+    was_training = model.training
+    model.eval()
+    impressions = list(read_impressions(shard_paths(shards_dir, "dev")))
+    if max_impressions:
+        impressions = impressions[:max_impressions]
+    mine = impressions[accelerator.process_index :: accelerator.num_processes]
+    table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
+    rows = sorted({r for imp in mine for r in (*imp["history"][-max_history:], *imp["candidates"])})
+    position = {r: i for i, r in enumerate(rows)}
+    with accelerator.autocast():
+        vectors = encode_rows(model, table, rows, pad_id, batch_size, accelerator.device)
+        records = []
+        for start in range(0, len(mine), _USERS_PER_PASS):
+            chunk = mine[start : start + _USERS_PER_PASS]
+            width = max(1, max(len(imp["history"][-max_history:]) for imp in chunk))
+            history = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros(len(chunk), width, dtype=torch.bool)
+            for b, imp in enumerate(chunk):
+                hist = [position[r] for r in imp["history"][-max_history:]]
+                history[b, : len(hist)] = torch.tensor(hist, dtype=torch.long)
+                mask[b, : len(hist)] = True
+            users = model.user_vectors(
+                vectors, history.to(accelerator.device), mask.to(accelerator.device)
+            ).float()
+            for b, imp in enumerate(chunk):
+                cands = torch.tensor([position[r] for r in imp["candidates"]])
+                scores = (vectors[cands.to(accelerator.device)] @ users[b]).cpu().tolist()
+                metrics = impression_metrics(imp["labels"], scores)
+                if metrics is not None:
+                    records.append((imp["impression"], imp["lang"], metrics))
+    gathered = gather_object(records) if accelerator.num_processes > 1 else records
+    unique = {imp_id: (lang, metrics) for imp_id, lang, metrics in gathered}
+    model.train(was_training)
+    return summarize(unique[k] for k in sorted(unique))

@@ -1,0 +1,280 @@
+"""The training loop: one explicit loop on accelerate, readable top to bottom.
+
+`Trainer.train()` restores the latest checkpoint if asked, then runs `train_step` until
+`train.steps`, logging to TensorBoard and checkpointing on the way, and finally evaluates on the
+held-out impressions. The trainer is stateful: its counters and the data position go into every
+checkpoint, so a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, set_seed
+from transformers import get_scheduler
+
+from mlrec.config import Config
+from mlrec.data.loader import train_loader
+from mlrec.data.shards import TOKENIZER_DIR, load_manifest
+from mlrec.evaluation import METRICS, format_table
+from mlrec.models.adapters import adapt_backbone
+from mlrec.models.recommender import Recommender, build_recommender
+from mlrec.models.tokenizer import load_tokenizer
+from mlrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from mlrec.train.evaluate import evaluate
+
+log = logging.getLogger(__name__)
+
+
+def build_accelerator(cfg: Config) -> Accelerator:
+    """Accelerator for this machine: on a CPU-only host, gloo across the launched processes."""
+    cpu = not torch.cuda.is_available()
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # On CPU, accelerate (and DeepSpeed under it) only count the launched processes when told
+    # to use gloo; alone, the same setting makes it look for a process group that is not there.
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched else []
+    return Accelerator(cpu=cpu, mixed_precision=cfg.train.mixed_precision, kwargs_handlers=handlers)
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+class Trainer:
+    """Owns the model, optimizer, schedule, data position and logs of one run."""
+
+    def __init__(self, cfg: Config, accelerator: Accelerator | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.accelerator = accelerator or build_accelerator(cfg)
+        set_seed(cfg.seed)
+        self.manifest = load_manifest(cfg.shards_dir)
+        self.pad_id = self.manifest["tokenizer"]["pad_token_id"]
+        self.tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
+        model = build_recommender(cfg.model, len(self.tokenizer), self.pad_id)
+        model.item_encoder.backbone = adapt_backbone(
+            model.item_encoder.backbone, cfg.adapter, cfg.train.steps
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        scheduler = get_scheduler(
+            cfg.train.schedule,
+            optimizer,
+            num_warmup_steps=cfg.train.warmup_steps,
+            num_training_steps=cfg.train.steps,
+        )
+        self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
+            model, optimizer, scheduler
+        )
+        # Counters that make the run resumable: steps taken, batches drawn from this rank's
+        # loader (its data position), and samples/tokens seen across all ranks.
+        self.step = 0
+        self.batches_consumed = 0
+        self.samples_seen = 0
+        self.tokens_seen = 0
+        self._writer = None
+        trainable = sum(p.numel() for p in params)
+        total = sum(p.numel() for p in model.parameters())
+        log.info("model: %d parameters, %d trainable (%s)", total, trainable, cfg.adapter.method)
+
+    @property
+    def writer(self):
+        """TensorBoard writer of the main process (None elsewhere), opened on first use."""
+        if self._writer is None and self.accelerator.is_main_process:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tb"))
+        return self._writer
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "batches_consumed": self.batches_consumed,
+            "samples_seen": self.samples_seen,
+            "tokens_seen": self.tokens_seen,
+            "world_size": self.accelerator.num_processes,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["world_size"] != self.accelerator.num_processes:
+            raise ValueError(
+                f"checkpoint was written by {state['world_size']} processes, this run has "
+                f"{self.accelerator.num_processes}: exact data resume needs the same count"
+            )
+        self.step = state["step"]
+        self.batches_consumed = state["batches_consumed"]
+        self.samples_seen = state["samples_seen"]
+        self.tokens_seen = state["tokens_seen"]
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def restore(self, which: str) -> bool:
+        """Load `which` ('latest' or a folder); False when 'latest' finds nothing yet."""
+        path = latest_checkpoint(self.checkpoint_root) if which == "latest" else Path(which)
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(self.accelerator, path))
+        log.info("resumed from %s at step %d", path, self.step)
+        return True
+
+    def save(self) -> Path:
+        return save_checkpoint(
+            self.accelerator,
+            self.checkpoint_root,
+            self.step,
+            self.state_dict(),
+            self.cfg.train.keep_last,
+        )
+
+    # -- the loop ------------------------------------------------------------------------
+    def batches(self):
+        data = self.cfg.data
+        loader = train_loader(
+            self.cfg.shards_dir,
+            batch_size=data.batch_size,
+            negatives=data.negatives,
+            max_history=data.max_history,
+            seed=self.cfg.seed,
+            num_workers=data.num_workers,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+            skip_batches=self.batches_consumed,
+        )
+        for batch in loader:
+            self.batches_consumed += 1
+            yield {
+                k: v.to(self.accelerator.device) if torch.is_tensor(v) else v
+                for k, v in batch.items()
+            }
+
+    def train(self) -> dict[str, Any]:
+        cfg = self.cfg.train
+        if self.accelerator.is_main_process:
+            self.cfg.save(self.run_dir / "config.yaml")
+        if cfg.resume:
+            self.restore(cfg.resume)
+        batches = self.batches()
+        self.model.train()
+        while self.step < cfg.steps:
+            stats = self.train_step(batches)
+            self.step += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                self.log_step(stats)
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save()
+        if not cfg.checkpoint_every or self.step % cfg.checkpoint_every:
+            self.save()
+        return self.evaluate()
+
+    def train_step(self, batches) -> dict[str, float]:
+        """One optimizer step over `train.grad_accum` micro-batches."""
+        start = time.perf_counter()
+        accum = self.cfg.train.grad_accum
+        total_loss, samples, tokens = 0.0, 0, 0
+        for micro in range(accum):
+            batch = next(batches)
+            sync = micro == accum - 1
+            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
+            with context, self.accelerator.autocast():
+                scores = self.model(
+                    batch["item_ids"],
+                    batch["item_mask"],
+                    batch["history"],
+                    batch["history_mask"],
+                    batch["candidates"],
+                )
+                loss = torch.nn.functional.cross_entropy(scores.float(), batch["labels"])
+                self.accelerator.backward(loss / accum)
+            total_loss += loss.detach().float() / accum
+            samples += len(batch["labels"])
+            tokens += int(batch["item_mask"].sum())
+        grad_norm = self.accelerator.clip_grad_norm_(
+            self.model.parameters(), self.cfg.train.max_grad_norm or math.inf
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        counts = torch.tensor([samples, tokens], device=self.accelerator.device)
+        samples, tokens = (int(x) for x in self.accelerator.reduce(counts, "sum"))
+        self.samples_seen += samples
+        self.tokens_seen += tokens
+        elapsed = time.perf_counter() - start
+        return {
+            "loss": float(self.accelerator.reduce(total_loss, "mean")),
+            "grad_norm": float(grad_norm),
+            "lr": self.scheduler.get_last_lr()[0],
+            "step_time_s": elapsed,
+            "samples_per_s": samples / elapsed,
+            "tokens_per_s": tokens / elapsed,
+            "memory_mb": peak_memory_mb(),
+        }
+
+    def log_step(self, stats: dict[str, float]) -> None:
+        if self.writer is None:
+            return
+        for name, value in stats.items():
+            self.writer.add_scalar(f"train/{name}", value, self.step)
+        log.info(
+            "step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f samples/s",
+            self.step,
+            self.cfg.train.steps,
+            stats["loss"],
+            stats["lr"],
+            stats["grad_norm"],
+            stats["samples_per_s"],
+        )
+
+    def evaluate(self) -> dict[str, Any]:
+        """Dev-impression metrics, written to <run_dir>/eval/metrics.json and TensorBoard."""
+        model = self.accelerator.unwrap_model(self.model)
+        metrics = evaluate(
+            model,
+            self.accelerator,
+            self.cfg.shards_dir,
+            self.pad_id,
+            batch_size=self.cfg.eval.batch_size,
+            max_history=self.cfg.data.max_history,
+            max_impressions=self.cfg.eval.max_impressions,
+        )
+        if self.accelerator.is_main_process:
+            out = self.run_dir / "eval" / "metrics.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(metrics, indent=2))
+            assert self.writer is not None
+            for lang, row in [*metrics["by_language"].items(), ("overall", metrics["overall"])]:
+                for name in METRICS:
+                    self.writer.add_scalar(f"eval/{lang}/{name}", row[name], self.step)
+            self.writer.flush()
+            log.info("evaluation at step %d:\n%s", self.step, format_table(metrics))
+        return metrics
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Without this, a rank sometimes aborts at interpreter exit (see ENVIRONMENT notes).
+            torch.distributed.destroy_process_group()
+
+    @property
+    def recommender(self) -> Recommender:
+        return self.accelerator.unwrap_model(self.model)
