@@ -93,14 +93,18 @@ class AdapterConfig:
     target_modules: list[str] = field(default_factory=list)  # [] picks per architecture
     # A randomly initialised encoder learns nothing through low-rank updates alone, so the
     # quickstart also trains the embeddings; a pretrained encoder would leave this empty.
-    modules_to_save: list[str] = field(default_factory=lambda: ["embeddings"])
+    # (peft matches these as name suffixes: "embeddings" alone would also wrap the modules
+    # inside it, leaving copies that never get gradients, which DDP rejects.)
+    modules_to_save: list[str] = field(
+        default_factory=lambda: ["word_embeddings", "position_embeddings", "embeddings.LayerNorm"]
+    )
 
 
 @dataclass(kw_only=True)
 class TrainConfig:
     """The optimisation loop."""
 
-    steps: int = 300
+    steps: int = 500
     lr: float = 2e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20

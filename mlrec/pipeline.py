@@ -48,7 +48,7 @@ def _restored(cfg: Config):
     from mlrec.train.trainer import Trainer
 
     trainer = Trainer(cfg)
-    if not trainer.restore("latest"):
+    if not trainer.restore("latest", to_train=False):
         trainer.close()
         raise FileNotFoundError(
             f"no checkpoint under {trainer.checkpoint_root}: train first with `mlrec train`"

@@ -178,6 +178,9 @@ def train_loader(
         stream,
         batch_size=None,
         num_workers=num_workers,
+        # The workers' base seed would otherwise be drawn from the global torch RNG whenever an
+        # iterator starts, shifting dropout masks after a resume; the stream needs no torch RNG.
+        generator=torch.Generator().manual_seed(seed),
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
     )

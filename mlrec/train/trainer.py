@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from transformers import get_scheduler
 
-from mlrec.config import Config
+from mlrec.config import Config, ConfigError
 from mlrec.data.loader import train_loader
 from mlrec.data.shards import TOKENIZER_DIR, load_manifest
 from mlrec.evaluation import METRICS, format_table
@@ -112,11 +112,6 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["world_size"] != self.accelerator.num_processes:
-            raise ValueError(
-                f"checkpoint was written by {state['world_size']} processes, this run has "
-                f"{self.accelerator.num_processes}: exact data resume needs the same count"
-            )
         self.step = state["step"]
         self.batches_consumed = state["batches_consumed"]
         self.samples_seen = state["samples_seen"]
@@ -126,12 +121,22 @@ class Trainer:
     def checkpoint_root(self) -> Path:
         return self.run_dir / "checkpoints"
 
-    def restore(self, which: str) -> bool:
-        """Load `which` ('latest' or a folder); False when 'latest' finds nothing yet."""
+    def restore(self, which: str, to_train: bool = True) -> bool:
+        """Load `which` ('latest' or a folder); False when 'latest' finds nothing yet.
+
+        Training on needs the same number of processes (each rank's data position is its own);
+        evaluating or exporting a checkpoint does not.
+        """
         path = latest_checkpoint(self.checkpoint_root) if which == "latest" else Path(which)
         if path is None:
             return False
-        self.load_state_dict(load_checkpoint(self.accelerator, path))
+        state = load_checkpoint(self.accelerator, path)
+        if to_train and state["world_size"] != self.accelerator.num_processes:
+            raise ConfigError(
+                f"train.resume: {path} was written by {state['world_size']} processes and this "
+                f"run has {self.accelerator.num_processes}; resume with the same process count"
+            )
+        self.load_state_dict(state)
         log.info("resumed from %s at step %d", path, self.step)
         return True
 
@@ -173,11 +178,13 @@ class Trainer:
             self.restore(cfg.resume)
         batches = self.batches()
         self.model.train()
+        window: list[dict[str, float]] = []
         while self.step < cfg.steps:
-            stats = self.train_step(batches)
+            window.append(self.train_step(batches))
             self.step += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                self.log_step(stats)
+                self.log_step(window)
+                window = []
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save()
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every:
@@ -227,9 +234,12 @@ class Trainer:
             "memory_mb": peak_memory_mb(),
         }
 
-    def log_step(self, stats: dict[str, float]) -> None:
+    def log_step(self, window: list[dict[str, float]]) -> None:
+        """Log the means over the steps since the last log (lr and memory: the latest value)."""
         if self.writer is None:
             return
+        stats = {k: sum(s[k] for s in window) / len(window) for k in window[-1]}
+        stats.update(lr=window[-1]["lr"], memory_mb=window[-1]["memory_mb"])
         for name, value in stats.items():
             self.writer.add_scalar(f"train/{name}", value, self.step)
         log.info(
