@@ -1,0 +1,27 @@
+"""The README's first line: `mlrec quickstart` on the built-in corpus learns and writes it all."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModel
+
+
+@pytest.mark.slow
+def test_quickstart_learns_and_writes_everything(tmp_path):
+    mlrec = str(Path(sys.executable).parent / "mlrec")
+    run = tmp_path / "qs"
+    out = subprocess.run(
+        [mlrec, "quickstart", f"run_dir={run}"], capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["overall"]["auc"] >= 0.65, metrics["overall"]
+    assert len(metrics["by_language"]) == 9
+    assert (run / "config.yaml").is_file()
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    assert AutoModel.from_pretrained(str(run / "export")).config.model_type == "xlm-roberta"
+    for where in ("corpus", "shards", "tb", "metrics.json", "export"):
+        assert where in out.stdout  # it says where everything went
