@@ -112,6 +112,8 @@ class TrainConfig:
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"  # no | bf16 | fp16
+    in_batch_negatives: bool = False  # also score against the batch's other candidates
+    gradient_checkpointing: bool = False  # recompute activations: less memory, ~30% slower
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only the final checkpoint
     keep_last: int = 2

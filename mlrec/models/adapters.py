@@ -68,3 +68,8 @@ def merged_backbone(backbone: nn.Module) -> PreTrainedModel:
     if isinstance(backbone, PeftModel):
         return backbone.merge_and_unload()
     return backbone
+
+
+def adalora_rank(backbone: nn.Module) -> int:
+    """Total rank AdaLoRA currently keeps: the non-zero singular values over all matrices."""
+    return sum(int((p != 0).sum()) for n, p in backbone.named_parameters() if "lora_E" in n)

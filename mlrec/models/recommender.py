@@ -138,10 +138,17 @@ class Recommender(nn.Module):
         history: torch.Tensor,
         history_mask: torch.Tensor,
         candidates: torch.Tensor,
+        in_batch: bool = False,
     ) -> torch.Tensor:
-        """Scores [batch, candidates]; `history`/`candidates` index rows of `item_ids`."""
+        """Scores [batch, candidates]; `history`/`candidates` index rows of `item_ids`.
+
+        With `in_batch`, every user is scored against every candidate of the batch:
+        [batch, batch * candidates], row b's own candidates at columns b*C .. b*C + C - 1.
+        """
         items = self.item_encoder(item_ids, item_mask)
         users = self.user_vectors(items, history, history_mask)
+        if in_batch:
+            return users @ items[candidates.reshape(-1)].T
         return torch.einsum("bd,bcd->bc", users, items[candidates])
 
 
