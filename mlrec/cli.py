@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mlrec.config import Config, ConfigError, load_config
 from mlrec.data.mind import DataError
+from mlrec.train.signals import EXIT_PREEMPTED, Preempted
 
 log = logging.getLogger("mlrec")
 
@@ -107,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"mlrec {args.stage}: error: {err}", file=sys.stderr)
         return 2
+    except Preempted as stop:
+        # every rank gets here; slurm/train.sbatch requeues, train.resume=latest continues
+        print(f"mlrec {args.stage}: {stop}", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 

@@ -33,6 +33,7 @@ from mlrec.models.recommender import Recommender, build_recommender
 from mlrec.models.tokenizer import load_tokenizer
 from mlrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mlrec.train.evaluate import evaluate
+from mlrec.train.signals import Preempted, StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +180,20 @@ class Trainer:
         batches = self.batches()
         self.model.train()
         window: list[dict[str, float]] = []
+        stop = StopSignals().install()
         while self.step < cfg.steps:
             window.append(self.train_step(batches))
             self.step += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 self.log_step(window)
                 window = []
+            # SIGUSR1/SIGTERM (cluster time limit, preemption): checkpoint here, exit 75
+            if stop.requested(self.accelerator):
+                self.save()
+                raise Preempted(self.step, stop.signal_name)
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save()
+        stop.uninstall()
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every:
             self.save()
         return self.evaluate()
