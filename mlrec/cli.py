@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mlrec.config import Config, ConfigError, load_config
 from mlrec.data.mind import DataError
+from mlrec.export.parity import ParityError
 from mlrec.train.signals import EXIT_PREEMPTED, Preempted
 
 log = logging.getLogger("mlrec")
@@ -20,7 +21,8 @@ STAGES = {
     "shard": "tokenise the corpus once into an item table and webdataset impression shards",
     "train": "train the recommender (resumable), then evaluate it on held-out impressions",
     "evaluate": "evaluate the latest checkpoint of a run on held-out impressions",
-    "export": "merge adapters and save the model in Hugging Face format",
+    "export": "merge adapters, save the model in Hugging Face format and as checked ONNX",
+    "serve": "answer ranking requests over HTTP for an export (FastAPI on uvicorn)",
     "quickstart": "all of the above on the built-in multilingual corpus, on one CPU",
 }
 
@@ -40,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "run", nargs="?", type=Path, help="a finished run directory (uses its config.yaml)"
             )
+        if name == "serve":
+            sub.add_argument(
+                "run", nargs="?", type=Path, help="an export folder (uses its mlrec_config.yaml)"
+            )
         sub.add_argument(
             "overrides",
             nargs="*",
@@ -56,6 +62,13 @@ def _config(args: argparse.Namespace) -> Config:
     if run is not None and "=" in str(run):
         overrides.insert(0, str(run))
         run = None
+    if run is not None and args.stage == "serve":
+        if args.config:
+            raise ConfigError("give either an export folder or --config, not both")
+        saved = run / "mlrec_config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"{saved} not found: is {run} a folder written by `mlrec export`?")
+        return load_config(saved, [f"export.dir={run}", *overrides])
     if run is not None:
         if args.config:
             raise ConfigError("give either a run directory or --config, not both")
@@ -87,6 +100,7 @@ def quickstart(cfg: Config) -> None:
         ("TensorBoard logs", run / "tb"),
         ("metrics", run / "eval" / "metrics.json"),
         ("Hugging Face export", export_dir),
+        ("ONNX models + parity report", export_dir / "onnx"),
     ]:
         print(f"  {what:<32} {where}")
     print(f"\nWatch the curves with: tensorboard --logdir {run / 'tb'}")
@@ -108,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"mlrec {args.stage}: error: {err}", file=sys.stderr)
         return 2
+    except ParityError as err:
+        print(f"mlrec {args.stage}: error: {err}", file=sys.stderr)
+        return 3
     except Preempted as stop:
         # every rank gets here; slurm/train.sbatch requeues, train.resume=latest continues
         print(f"mlrec {args.stage}: {stop}", file=sys.stderr)

@@ -133,6 +133,21 @@ class ExportConfig:
     """What `mlrec export` writes."""
 
     dir: str = ""  # "" means <run_dir>/export
+    onnx: bool = True  # ONNX fp32 + int8 models, checked against torch (needs mlrec[onnx])
+    parity_impressions: int = 200  # held-out dev impressions the ONNX parity check scores
+    triton: bool = False  # also write a Triton Inference Server model repository
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    """The ranking service `mlrec serve EXPORT_DIR` runs."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 exposes it beyond this machine
+    port: int = 8000
+    backend: str = "onnx"  # torch | onnx | onnx-int8 (fastest; passes the int8 parity check)
+    threads: int = 0  # intra-op threads of torch / ONNX Runtime; 0: library default
+    batch_size: int = 256  # catalog items per forward pass when embedding it at start
+    max_request_items: int = 1000  # longest history / candidate / text list, and largest k
 
 
 @dataclass(kw_only=True)
@@ -147,6 +162,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     # Derived locations, so every stage agrees on the run directory layout.
     @property
@@ -176,6 +192,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adapter.method": ("lora", "adalora", "full", "frozen"),
     "train.schedule": ("cosine", "linear", "constant"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
+    "serve.backend": ("torch", "onnx", "onnx-int8"),
 }
 TEXT_FIELDS = ("title", "abstract")
 
@@ -217,6 +234,11 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "train.keep_last": _POSITIVE,
     "eval.batch_size": _POSITIVE,
     "eval.max_impressions": _NON_NEGATIVE,
+    "export.parity_impressions": _POSITIVE,
+    "serve.port": (lambda v: 0 <= v <= 65535, "must be a TCP port (0-65535)"),
+    "serve.threads": _NON_NEGATIVE,
+    "serve.batch_size": _POSITIVE,
+    "serve.max_request_items": _POSITIVE,
 }
 
 

@@ -1,7 +1,8 @@
 """The stages of an mlrec run, each callable on its own or chained by `quickstart`.
 
-data -> shard -> train (evaluates at the end) -> export. Each stage reads what the previous one
-wrote under the run directory (or the folders the config names) and says where it wrote.
+data -> shard -> train (evaluates at the end) -> export -> serve. Each stage reads what the
+previous one wrote under the run directory (or the folders the config names) and says where it
+wrote.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mlrec.config import Config
+from mlrec.config import Config, ConfigError
 from mlrec.data.corpus import behaviors_file, news_files, prepare_corpus
 from mlrec.data.shards import build_shards
 
@@ -65,14 +66,46 @@ def evaluate(cfg: Config) -> dict[str, Any]:
 
 
 def export(cfg: Config) -> Path:
+    """Hugging Face export, then (export.onnx) ONNX fp32/int8 models and their parity check."""
     from mlrec.export.hf import export_model
 
+    if cfg.export.triton and not cfg.export.onnx:
+        raise ConfigError("export.triton needs export.onnx: Triton serves the ONNX models")
     trainer = _restored(cfg)
     try:
         out = cfg.export_dir
         if trainer.accelerator.is_main_process:
             export_model(trainer.recommender, trainer.tokenizer, cfg, out)
             log.info("exported to %s (transformers.AutoModel.from_pretrained loads it)", out)
-        return out
     finally:
         trainer.close()
+    if cfg.export.onnx and trainer.accelerator.is_main_process:
+        export_onnx_checked(cfg, out)
+    return out
+
+
+def export_onnx_checked(cfg: Config, out: Path) -> None:
+    """ONNX models of an export, the parity check (raises ParityError), optionally Triton."""
+    try:
+        from mlrec.export.onnx_models import export_onnx
+    except ImportError as err:
+        raise ConfigError(
+            f"export.onnx needs ONNX Runtime ({err}): pip install 'mlrec[onnx]', or set "
+            "export.onnx=false"
+        ) from err
+    from mlrec.export.parity import check_parity
+
+    export_onnx(out)
+    report = check_parity(out, cfg.shards_dir, cfg.export.parity_impressions)
+    if cfg.export.triton:
+        from mlrec.export.triton import write_triton_repository
+
+        dim = cfg.model.projection_dim or report["dim"]
+        log.info("Triton model repository: %s", write_triton_repository(out, dim))
+
+
+def serve(cfg: Config) -> None:
+    """Answer ranking requests for the export in cfg.export_dir (see mlrec.serve.app)."""
+    from mlrec.serve.app import serve as run_server
+
+    run_server(cfg.export_dir, cfg)

@@ -6,10 +6,14 @@ Layout of an export folder:
   mlrec_heads.safetensors           pooling projection and user encoder weights
   mlrec_config.yaml                 the run's resolved mlrec config
   metrics.json                      the run's evaluation, when it has one
+  README.md                         the model card, with the evaluation table per language
+  catalog/tokens.npy, index.tsv     the item table of the run's shards: what `mlrec serve` ranks
+  onnx/                             ONNX models and parity report (mlrec.export.onnx_models)
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +21,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from mlrec.config import Config, config_from_dict
+from mlrec.data.shards import ITEM_INDEX, ITEM_TOKENS
+from mlrec.export.card import model_card
 from mlrec.models.adapters import merged_backbone
 from mlrec.models.recommender import (
     ItemEncoder,
@@ -28,6 +34,7 @@ from mlrec.models.tokenizer import load_tokenizer
 
 HEADS_FILE = "mlrec_heads.safetensors"
 CONFIG_FILE = "mlrec_config.yaml"
+CATALOG_DIR = "catalog"
 
 
 def export_model(model: Recommender, tokenizer, cfg: Config, out_dir: str | Path) -> Path:
@@ -42,9 +49,15 @@ def export_model(model: Recommender, tokenizer, cfg: Config, out_dir: str | Path
     heads.update({f"user_encoder.{k}": v for k, v in model.user_encoder.state_dict().items()})
     save_file({k: v.detach().contiguous().cpu() for k, v in heads.items()}, str(out / HEADS_FILE))
     cfg.save(out / CONFIG_FILE)
-    metrics = Path(cfg.run_dir) / "eval" / "metrics.json"
-    if metrics.is_file():
-        shutil.copy(metrics, out / "metrics.json")
+    metrics_file = Path(cfg.run_dir) / "eval" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    if metrics is not None:
+        shutil.copy(metrics_file, out / "metrics.json")
+    (out / "README.md").write_text(model_card(cfg, metrics), encoding="utf-8")
+    # The catalog travels with the model, so a serving host needs the export folder only.
+    (out / CATALOG_DIR).mkdir(exist_ok=True)
+    for name in (ITEM_TOKENS, ITEM_INDEX):
+        shutil.copy(cfg.shards_dir / name, out / CATALOG_DIR / Path(name).name)
     return out
 
 

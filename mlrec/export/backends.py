@@ -1,0 +1,129 @@
+"""One interface over the exported encoders, whatever runs them: torch, ONNX fp32 or ONNX int8.
+
+The parity check compares these backends against each other and the service runs whichever the
+config names, so both go through the same code: item token rows -> item vectors, and a padded
+batch of histories (item vectors plus mask) -> user vectors, numpy in and numpy out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mlrec.export.hf import load_export
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+ONNX_DIR = "onnx"
+ONNX_FILES = {
+    ("item", "fp32"): "item_encoder.onnx",
+    ("user", "fp32"): "user_encoder.onnx",
+    ("item", "int8"): "item_encoder.int8.onnx",
+    ("user", "int8"): "user_encoder.int8.onnx",
+}
+
+
+def onnx_path(export_dir: str | Path, tower: str, precision: str) -> Path:
+    """Where the `tower` ("item" or "user") model of the given precision lives in an export."""
+    return Path(export_dir) / ONNX_DIR / ONNX_FILES[(tower, precision)]
+
+
+class Backend(Protocol):
+    dim: int
+
+    def items(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """int64 [batch, tokens] twice -> float32 [batch, dim]."""
+
+    def users(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """float32 [batch, history, dim] and int64 [batch, history] -> float32 [batch, dim]."""
+
+
+class TorchBackend:
+    """The exported model rebuilt in mlrec (safetensors only), in eval mode."""
+
+    def __init__(self, export_dir: str | Path, threads: int = 0) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.model, self.tokenizer, self.cfg = load_export(export_dir)
+        self.dim = self.model.item_encoder.dim
+
+    @torch.no_grad()
+    def items(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        vectors = self.model.item_encoder(
+            torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+        )
+        return vectors.float().numpy()
+
+    @torch.no_grad()
+    def users(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        vectors = self.model.user_encoder(torch.from_numpy(history), torch.from_numpy(mask) != 0)
+        return vectors.float().numpy()
+
+
+class OnnxBackend:
+    """The ONNX item and user encoders of an export in ONNX Runtime sessions (CPU)."""
+
+    def __init__(self, export_dir: str | Path, precision: str = "fp32", threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's default (all cores)
+        options.log_severity_level = 3  # errors only: its warnings about unused inputs are noise
+        self.sessions = {}
+        for tower in ("item", "user"):
+            path = onnx_path(export_dir, tower, precision)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: re-run `mlrec export` with export.onnx")
+            self.sessions[tower] = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        self.dim = self.sessions["item"].get_outputs()[0].shape[-1]
+
+    def items(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        return self.sessions["item"].run(None, feed)[0]
+
+    def users(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.sessions["user"].run(None, {"history": history, "mask": mask})[0]
+
+
+def load_backend(export_dir: str | Path, name: str, threads: int = 0) -> Backend:
+    if name == "torch":
+        return TorchBackend(export_dir, threads)
+    if name in ("onnx", "onnx-int8"):
+        return OnnxBackend(export_dir, "int8" if name == "onnx-int8" else "fp32", threads)
+    raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def encode_rows(
+    backend: Backend, table: np.ndarray, rows: np.ndarray, pad_id: int, batch_size: int
+) -> np.ndarray:
+    """Vectors of the given item-table rows, in that order.
+
+    Rows are encoded shortest first so that each batch is cut to its own longest item: titles
+    vary in length and padding every batch to the table's width wastes most of the work.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros((len(rows), backend.dim), dtype=np.float32)
+    tokens = np.asarray(table[rows])
+    lengths = (tokens != pad_id).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    for start in range(0, len(rows), batch_size):
+        chosen = order[start : start + batch_size]
+        width = max(int(lengths[chosen].max()), 1)
+        ids = tokens[chosen, :width].astype(np.int64)
+        out[chosen] = backend.items(ids, (ids != pad_id).astype(np.int64))
+    return out
+
+
+def pad_histories(vectors: np.ndarray, histories: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Histories as row lists of `vectors` -> float32 [users, longest, dim] and an int64 mask."""
+    width = max(1, max((len(h) for h in histories), default=1))
+    history = np.zeros((len(histories), width, vectors.shape[1]), dtype=np.float32)
+    mask = np.zeros((len(histories), width), dtype=np.int64)
+    for b, rows in enumerate(histories):
+        history[b, : len(rows)] = vectors[rows]
+        mask[b, : len(rows)] = 1
+    return history, mask
