@@ -52,12 +52,18 @@ class DataConfig:
     default_language: str = "en"  # language of item refs written without "@lang" (plain MIND)
     shards_dir: str = ""  # "" means <run_dir>/shards
     shard_max_samples: int = 5000
+    # strict: stop at the first malformed row (file:line: reason); skip: drop it and count it per
+    # reason and file in the manifest and the log
+    on_error: str = "strict"
     text_fields: list[str] = field(default_factory=lambda: ["title"])
     max_item_tokens: int = 24
     max_history: int = 20
     negatives: int = 4  # K sampled negatives per positive
     batch_size: int = 32  # impressions' positives per step and process
     num_workers: int = 1  # DataLoader workers per process
+    # language sampling temperature: p(lang) ~ n_lang ** alpha; 1 keeps the corpus mix, lower
+    # values up-sample small languages (XLM-R: 0.3), 0 is uniform over languages
+    language_alpha: float = 1.0
     synthetic: SyntheticCorpusConfig = field(default_factory=SyntheticCorpusConfig)
 
 
@@ -187,6 +193,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("synthetic", "mind"),
+    "data.on_error": ("strict", "skip"),
     "model.pooling": ("mean", "cls"),
     "model.user_encoder": ("attention", "mean"),
     "adapter.method": ("lora", "adalora", "full", "frozen"),
@@ -212,6 +219,7 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "data.negatives": (lambda v: v >= 1, "must be >= 1 (K sampled negatives per positive)"),
     "data.batch_size": _POSITIVE,
     "data.num_workers": _NON_NEGATIVE,
+    "data.language_alpha": _FRACTION,
     "model.vocab_size": (lambda v: v >= 100, "must be >= 100"),
     "model.hidden_size": _POSITIVE,
     "model.num_layers": _POSITIVE,

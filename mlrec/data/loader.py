@@ -1,15 +1,25 @@
 """Streaming training batches from the impression shards, deterministically and resumably.
 
-Each process (rank) and each DataLoader worker reads a disjoint slice of the shards: per epoch the
-shard list is shuffled with (seed, epoch) and shard i goes to global worker i mod (ranks*workers),
-which is webdataset's split_by_node followed by split_by_worker. The stream repeats epochs for
-ever, so every rank yields a batch at every step and DDP never waits on a rank that ran dry.
+Each process (rank) and each DataLoader worker owns a *slot*, and the slots own disjoint parts of
+every language: a language with at least as many shards as slots deals its shards to the slots
+(a seeded shuffle, then shard i to slot i mod slots, as webdataset's split_by_node followed by
+split_by_worker would); a smaller language is split by sample (the slot takes every slots-th
+sample), so no slot sits idle. Each epoch re-shuffles the order of a slot's shards and of the
+samples inside each shard (one shard in memory at a time).
 
-Batches are built inside the workers. Every sub-stream is a pure function of (seed, rank, index),
+Language sampling with temperature alpha (XLM-R's): a slot works in rounds of as many impressions
+as it owns; in a round it takes m_lang = round(n_lang ** alpha / sum(n ** alpha) * n) impressions
+of each language, in a seeded random order, each language's stream cycling through its epochs. At
+alpha = 1, m_lang = n_lang: round r is exactly epoch r of the slot's data, so the slots together
+read every impression once per round. At alpha < 1 small languages repeat and large ones are
+spread over several rounds. The stream repeats rounds for ever, so every rank yields a batch at
+every step and DDP never waits on a rank that ran dry.
+
+Batches are built inside the workers. Every sub-stream is a pure function of (seed, slot, shards),
 and PyTorch takes an iterable dataset's batches round-robin from its workers, so the position of a
 rank's loader is one number: batches consumed. Resuming re-creates the streams, rotated so that
 the first worker asked continues the right one, each dropping its share of the consumed batches
-(exact mid-epoch resume).
+(exact mid-epoch resume; the dropped batches are re-read, not re-tokenised).
 
 A batch holds each distinct item once (histories share items heavily): `items` are the token rows
 of the distinct items, and `history` / `candidates` index into them.
@@ -38,6 +48,28 @@ def shard_paths(shards_dir: str | Path, split: str) -> list[str]:
     return [str(Path(shards_dir) / s["name"]) for s in manifest["splits"][split]["shards"]]
 
 
+def language_shards(shards_dir: str | Path, split: str) -> dict[str, list[tuple[str, int]]]:
+    """Language -> [(shard path, samples)] in name order."""
+    shards: dict[str, list[tuple[str, int]]] = {}
+    for s in load_manifest(shards_dir)["splits"][split]["shards"]:
+        shards.setdefault(s["language"], []).append(
+            (str(Path(shards_dir) / s["name"]), s["samples"])
+        )
+    return dict(sorted(shards.items()))
+
+
+def round_sizes(owned: dict[str, int], alpha: float) -> dict[str, int]:
+    """Impressions per language in one round of n = sum(owned): n * n_lang^a / sum(n^a),
+    rounded by largest remainder so they sum to n (at alpha = 1 they equal `owned`)."""
+    langs = [lang for lang, n in owned.items() if n]
+    counts = np.array([owned[lang] for lang in langs], dtype=np.float64)
+    exact = counts**alpha / (counts**alpha).sum() * counts.sum()
+    sizes = np.floor(exact).astype(np.int64)
+    short = int(counts.sum()) - int(sizes.sum())
+    sizes[np.argsort(-(exact - sizes), kind="stable")[:short]] += 1
+    return dict(zip(langs, sizes.tolist(), strict=True))
+
+
 def read_impressions(paths: list[str]) -> Iterator[dict[str, Any]]:
     """Impression samples of the given shards, in order (no splitting: the caller chose them)."""
     dataset = wds.WebDataset(
@@ -47,23 +79,25 @@ def read_impressions(paths: list[str]) -> Iterator[dict[str, Any]]:
         yield json.loads(sample["json"])
 
 
-def collate(
-    samples: list[tuple[list[int], list[int], str]], table: np.ndarray, pad_id: int
-) -> dict[str, Any]:
-    """Build one batch from (history rows, candidate rows with the positive first, language)."""
-    rows = sorted({r for history, cands, _ in samples for r in (*history, *cands)})
+Sample = tuple[list[int], list[int], str, int]  # history rows, candidate rows, language, impression
+
+
+def collate(samples: list[Sample], table: np.ndarray, pad_id: int) -> dict[str, Any]:
+    """Build one batch from (history rows, candidate rows with the positive first, language,
+    impression id)."""
+    rows = sorted({r for history, cands, _, _ in samples for r in (*history, *cands)})
     position = {r: i for i, r in enumerate(rows)}
     tokens = table[rows]
     lengths = (tokens != pad_id).sum(axis=1)
     width = max(int(lengths.max()), 1)  # dynamic padding: only as wide as the longest item
     tokens = torch.from_numpy(tokens[:, :width].astype(np.int64))
-    max_hist = max(1, max(len(h) for h, _, _ in samples))
+    max_hist = max(1, max(len(h) for h, _, _, _ in samples))
     history = torch.zeros(len(samples), max_hist, dtype=torch.long)
     history_mask = torch.zeros(len(samples), max_hist, dtype=torch.bool)
-    for b, (hist, _, _) in enumerate(samples):
+    for b, (hist, _, _, _) in enumerate(samples):
         history[b, : len(hist)] = torch.tensor([position[r] for r in hist], dtype=torch.long)
         history_mask[b, : len(hist)] = True
-    candidates = torch.tensor([[position[r] for r in c] for _, c, _ in samples], dtype=torch.long)
+    candidates = torch.tensor([[position[r] for r in c] for _, c, _, _ in samples])
     return {
         "item_ids": tokens,
         "item_mask": tokens != pad_id,
@@ -71,7 +105,8 @@ def collate(
         "history_mask": history_mask,
         "candidates": candidates,
         "labels": torch.zeros(len(samples), dtype=torch.long),  # the positive is candidate 0
-        "langs": [lang for _, _, lang in samples],
+        "langs": [lang for _, _, lang, _ in samples],
+        "impressions": [imp for _, _, _, imp in samples],
     }
 
 
@@ -89,9 +124,10 @@ class TrainStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         skip_batches: int = 0,
+        language_alpha: float = 1.0,
     ) -> None:
         self.shards_dir = Path(shards_dir)
-        self.paths = shard_paths(shards_dir, "train")
+        self.shards = language_shards(shards_dir, "train")
         self.pad_id = load_manifest(shards_dir)["tokenizer"]["pad_token_id"]
         self.batch_size = batch_size
         self.negatives = negatives
@@ -100,34 +136,72 @@ class TrainStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.skip_batches = skip_batches
+        self.language_alpha = language_alpha
 
-    def _samples(self, worker: int, workers: int) -> Iterator[tuple[list[int], list[int], str]]:
+    def _mine(self, lang: str, slot: int, slots: int) -> tuple[list[str], bool, int]:
+        """A slot's shards of one language, whether it splits them by shard, and its count."""
+        shards = self.shards[lang]
+        if len(shards) >= slots:
+            lang_id = list(self.shards).index(lang)
+            deal = np.random.default_rng([self.seed, lang_id]).permutation(len(shards))
+            mine = [shards[i] for i in deal[slot::slots]]
+            return [p for p, _ in mine], True, sum(n for _, n in mine)
+        total = sum(n for _, n in shards)
+        return [p for p, _ in shards], False, len(range(slot, total, slots))
+
+    def owned(self, worker: int, workers: int) -> dict[str, int]:
+        """Impressions per language that one slot owns (its share of an epoch)."""
         slot, slots = self.rank * workers + worker, self.world_size * workers
-        if len(self.paths) < slots:
-            raise ValueError(
-                f"{self.shards_dir}: {len(self.paths)} train shards cannot feed {slots} readers "
-                f"({self.world_size} processes x {workers} workers); lower data.shard_max_samples "
-                "or data.num_workers"
-            )
-        rng = np.random.default_rng([self.seed, slot])
+        return {lang: self._mine(lang, slot, slots)[2] for lang in self.shards}
+
+    def _language_stream(self, lang: str, slot: int, slots: int) -> Iterator[dict[str, Any]]:
+        """One language's impressions for one slot, epoch after epoch."""
+        paths, by_shard, _ = self._mine(lang, slot, slots)
+        lang_id = list(self.shards).index(lang)
         epoch = 0
         while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.paths))
-            mine = [self.paths[i] for i in order[slot::slots]]
-            for imp in read_impressions(mine):
-                labels = imp["labels"]
-                negs = [c for c, y in zip(imp["candidates"], labels, strict=True) if not y]
-                if not negs:
-                    continue
-                history = imp["history"][-self.max_history :]
-                for pos in (c for c, y in zip(imp["candidates"], labels, strict=True) if y):
-                    # MIND's usual sampling: K negatives from the same impression, with
-                    # replacement when it showed fewer than K.
-                    picks = rng.choice(
-                        len(negs), self.negatives, replace=len(negs) < self.negatives
-                    )
-                    yield history, [pos, *(negs[i] for i in picks)], imp["lang"]
+            # The same generator in every slot: a split by sample needs one common order.
+            rng = np.random.default_rng([self.seed, lang_id, epoch])
+            position = 0
+            for i in rng.permutation(len(paths)):
+                samples = list(read_impressions([paths[i]]))
+                for j in rng.permutation(len(samples)):
+                    if by_shard or position % slots == slot:
+                        yield samples[j]
+                    position += 1
             epoch += 1
+
+    def impressions(
+        self, worker: int, workers: int, rng: np.random.Generator
+    ) -> Iterator[dict[str, Any]]:
+        """The impressions of one slot, round after round (see the module docstring)."""
+        slot, slots = self.rank * workers + worker, self.world_size * workers
+        owned = self.owned(worker, workers)
+        if not sum(owned.values()):
+            raise ValueError(
+                f"{self.shards_dir}: too few train impressions for {slots} readers "
+                f"({self.world_size} processes x {workers} workers); lower data.num_workers"
+            )
+        sizes = round_sizes(owned, self.language_alpha)
+        streams = {lang: self._language_stream(lang, slot, slots) for lang in sizes}
+        schedule = np.repeat(list(sizes), list(sizes.values()))
+        while True:
+            for lang in rng.permutation(schedule):
+                yield next(streams[lang])
+
+    def _samples(self, worker: int, workers: int) -> Iterator[Sample]:
+        rng = np.random.default_rng([self.seed, self.rank * workers + worker])
+        for imp in self.impressions(worker, workers, rng):
+            labels = imp["labels"]
+            negs = [c for c, y in zip(imp["candidates"], labels, strict=True) if not y]
+            if not negs:
+                continue
+            history = imp["history"][-self.max_history :]
+            for pos in (c for c, y in zip(imp["candidates"], labels, strict=True) if y):
+                # MIND's usual sampling: K negatives from the same impression, with
+                # replacement when it showed fewer than K.
+                picks = rng.choice(len(negs), self.negatives, replace=len(negs) < self.negatives)
+                yield history, [pos, *(negs[i] for i in picks)], imp["lang"], imp["impression"]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -138,7 +212,7 @@ class TrainStream(IterableDataset):
         # having dropped that sub-stream's batches among the first n.
         stream = (worker + self.skip_batches) % workers
         to_skip = len(range(stream, self.skip_batches, workers))
-        batch: list[tuple[list[int], list[int], str]] = []
+        batch: list[Sample] = []
         for sample in self._samples(stream, workers):
             batch.append(sample)
             if len(batch) < self.batch_size:
@@ -161,6 +235,7 @@ def train_loader(
     rank: int = 0,
     world_size: int = 1,
     skip_batches: int = 0,
+    language_alpha: float = 1.0,
 ) -> DataLoader:
     """A DataLoader over `TrainStream`; do not pass it to `accelerator.prepare` (it would split
     or broadcast the stream a second time): move batches to the device yourself."""
@@ -173,6 +248,7 @@ def train_loader(
         rank=rank,
         world_size=world_size,
         skip_batches=skip_batches,
+        language_alpha=language_alpha,
     )
     return DataLoader(
         stream,

@@ -1,184 +1,353 @@
-"""Writing the corpus as pre-tokenised shards: one item table plus webdataset impression shards.
+"""Impression shards: webdataset tars whose samples reference rows of the item table.
 
-Layout of a shards folder:
-  tokenizer/            the tokenizer the items were encoded with (Hugging Face format)
-  items/tokens.npy      int32 [items, max_item_tokens], padded with the tokenizer's pad id
-  items/index.tsv       one line per item row: nid@lang, language, category, subcategory
-  train-000000.tar ...  webdataset shards; each sample is one impression whose history and
-  dev-000000.tar ...    candidates are row numbers of the item table
-  manifest.json         counts per split and language, tokenizer identity, sources, checksums
+Layout of a shards folder (besides tokenizer/ and items/, see items.py):
+  train-000003-de.tar   the German impressions among rows 3N..4N-1 of train behaviors.tsv
+  train-000003.json     that unit's record: row accounting, its tars with counts and checksums
+  manifest.json         counts per split and language, tokenizer, sources, checksums, row counts
 
-Why an item table: a news item appears in thousands of histories and impressions; tokenising it
-once and referencing it by row keeps the shards small and means training never tokenises text.
+A *unit* is N = `data.shard_max_samples` consecutive rows of one behaviors file. Units are the
+grain of parallelism and restart: a pool of processes (`--workers`) or the tasks of a SLURM array
+(`--slice i/n`) each write some of them, every file through a temporary name and a rename, and the
+unit's .json last; a re-run skips a unit whose .json has the same inputs fingerprint. `merge`
+then writes the manifest from the records. One tar per language (the language of most of the
+impression's candidates) lets the loader sample languages at the rate it chooses. Tar members
+carry fixed metadata, so the same input gives byte-identical shards. Memory: a unit streams its
+rows; the only per-corpus structure is the item id -> row map.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-from collections import Counter
+import os
+import tarfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import webdataset as wds
 from tqdm import tqdm
 
 from mlrec.config import Config
-from mlrec.data.corpus import behaviors_file, news_files, prepare_corpus
-from mlrec.data.mind import DataError, ItemKey, NewsItem, read_behaviors, read_news
-from mlrec.models.tokenizer import load_tokenizer, train_tokenizer
+from mlrec.data.corpus import behaviors_file, prepare_corpus
+from mlrec.data.items import (
+    ITEM_INDEX,
+    ITEM_TOKENS,
+    ITEMS_RECORD,
+    TOKENIZER_DIR,
+    build_items,
+    file_record,
+    item_rows,
+    sha256,
+)
+from mlrec.data.mind import ItemKey, parse_behavior
+from mlrec.data.rows import UNKNOWN_ITEM, DataError, RowLog
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ITEM_INDEX", "ITEM_TOKENS", "MANIFEST", "TOKENIZER_DIR", "build_shards", "sha256"]
+
 MANIFEST = "manifest.json"
-ITEM_TOKENS = "items/tokens.npy"
-ITEM_INDEX = "items/index.tsv"
-TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "dev")
-_TOKENIZE_BATCH = 1024
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+@dataclass(frozen=True)
+class Unit:
+    """Rows [chunk * N, chunk * N + N) of one split's behaviors file, found by byte offset."""
+
+    split: str
+    chunk: int
+    offset: int
+    first_line: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.split}-{self.chunk:06d}"
+
+
+@dataclass(frozen=True)
+class UnitJob:
+    """Everything a (possibly separate) process needs to write one unit."""
+
+    unit: Unit
+    source: Path
+    out: Path
+    rows_per_unit: int
+    default_language: str
+    on_error: str
+    fingerprint: str
+
+
+def plan_units(path: Path, split: str, rows_per_unit: int) -> tuple[list[Unit], int]:
+    """The units of one behaviors file and its number of rows, in one pass over its bytes."""
+    units, rows, offset = [], 0, 0
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        for number, raw in enumerate(handle, start=1):
+            if raw.rstrip(b"\r\n"):
+                if rows % rows_per_unit == 0:
+                    units.append(Unit(split, rows // rows_per_unit, offset, number))
+                rows += 1
+            offset += len(raw)
+    return units, rows
 
 
-def read_items(cfg: Config) -> list[NewsItem]:
-    """Every (news id, language) item of the corpus, in a stable order (first file wins)."""
-    seen: set[ItemKey] = set()
-    items: list[NewsItem] = []
-    for lang, paths in sorted(news_files(cfg).items()):
-        for path in paths:
-            for item in read_news(path, lang):
-                if (item.nid, lang) not in seen:
-                    seen.add((item.nid, lang))
-                    items.append(item)
-    return items
+def _unit_fingerprint(cfg: Config, items_key: str, source: dict[str, Any]) -> str:
+    inputs = [
+        items_key,
+        source["sha256"],
+        cfg.data.shard_max_samples,
+        cfg.data.default_language,
+        cfg.data.on_error,
+    ]
+    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
 
 
-def _tokenizer_for(cfg: Config, items: list[NewsItem], out: Path) -> tuple[Any, dict[str, str]]:
-    source = cfg.model.tokenizer or cfg.model.name_or_path
-    if source:
-        tok = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code)
-        tok.save_pretrained(str(out / TOKENIZER_DIR))
-        return tok, {"source": source}
-    texts = (item.text(cfg.data.text_fields) for item in items)
-    tok = train_tokenizer(texts, cfg.model.vocab_size, out / TOKENIZER_DIR)
-    return tok, {"source": "trained on this corpus", "vocab_size": str(len(tok))}
+def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    # Fixed owner, mode and time: tarfile would otherwise stamp the clock and the user.
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o444
+    tar.addfile(info, io.BytesIO(payload))
 
 
-def _tokenize_items(tok: Any, items: list[NewsItem], cfg: Config, progress: bool) -> np.ndarray:
-    max_len = cfg.data.max_item_tokens
-    table = np.full((len(items), max_len), tok.pad_token_id, dtype=np.int32)
-    starts = range(0, len(items), _TOKENIZE_BATCH)
-    for start in tqdm(starts, desc="tokenising items", disable=not progress, unit="batch"):
-        chunk = items[start : start + _TOKENIZE_BATCH]
-        encoded = tok(
-            [item.text(cfg.data.text_fields) for item in chunk],
-            truncation=True,
-            max_length=max_len,
-        )["input_ids"]
-        for offset, ids in enumerate(encoded):
-            table[start + offset, : len(ids)] = ids
-    return table
+_ROWS_CACHE: dict[Path, dict[ItemKey, int]] = {}
 
 
-def _rows(row_of: dict[ItemKey, int], refs: list[ItemKey], where: str) -> list[int]:
+def _rows_of(out: Path) -> dict[ItemKey, int]:
+    """The item map, read once per process (a pool worker writes many units)."""
+    if out not in _ROWS_CACHE:
+        _ROWS_CACHE.clear()
+        _ROWS_CACHE[out] = item_rows(out)
+    return _ROWS_CACHE[out]
+
+
+def _refs(row_of: dict[ItemKey, int], refs: list[ItemKey], where: str) -> list[int]:
     try:
         return [row_of[ref] for ref in refs]
     except KeyError as err:
         nid, lang = err.args[0]
         raise DataError(
-            f"{where} refers to {nid}@{lang}, which no news file of that language holds"
+            f"{where} refers to {nid}@{lang}, which no news file of that language holds",
+            UNKNOWN_ITEM,
         ) from None
 
 
-def _write_split(
-    cfg: Config, split: str, row_of: dict[ItemKey, int], out: Path, progress: bool
-) -> dict[str, Any]:
-    path = behaviors_file(cfg, split)
-    pattern = str(out / f"{split}-%06d.tar")
-    per_language: Counter[str] = Counter()
-    rows = 0
-    with wds.ShardWriter(pattern, maxcount=cfg.data.shard_max_samples, verbose=0) as sink:
-        for number, imp in tqdm(
-            read_behaviors(path, cfg.data.default_language),
-            desc=f"sharding {split}",
-            disable=not progress,
-            unit="imp",
-        ):
-            rows += 1
-            sample = {
-                "impression": imp.impression_id,
-                "user": imp.user,
-                "lang": imp.lang,
-                "history": _rows(row_of, imp.history, f"{path}:{number}: history"),
-                "candidates": _rows(row_of, imp.candidates, f"{path}:{number}: impressions"),
-                "labels": imp.labels,
+def write_unit(job: UnitJob) -> dict[str, Any]:
+    """Write one unit's tars and record (or return the record of a finished one)."""
+    unit, out = job.unit, job.out
+    record_path = out / f"{unit.name}.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record["fingerprint"] == job.fingerprint:
+            return record
+    for stale in out.glob(f"{unit.name}-*.tar"):
+        stale.unlink()
+    row_of = _rows_of(out)
+    rows = RowLog(job.on_error)
+    rows.file(job.source)
+    tars: dict[str, tarfile.TarFile] = {}
+    counts: dict[str, int] = {}
+    with ExitStack() as open_tars, open(job.source, "rb") as handle:
+        handle.seek(unit.offset)
+        taken = 0
+        for number, raw in enumerate(handle, start=unit.first_line):
+            raw = raw.rstrip(b"\r\n")
+            if not raw:
+                continue
+            if taken == job.rows_per_unit:
+                break
+            taken += 1
+            rows.count(job.source, "rows")
+            where = f"{job.source}:{number}"
+            try:
+                imp = parse_behavior(raw, job.source, number, job.default_language)
+                sample = {
+                    "impression": imp.impression_id,
+                    "user": imp.user,
+                    "lang": imp.lang,
+                    "history": _refs(row_of, imp.history, f"{where}: history"),
+                    "candidates": _refs(row_of, imp.candidates, f"{where}: impressions"),
+                    "labels": imp.labels,
+                }
+            except DataError as err:
+                rows.reject(job.source, err)
+                continue
+            if imp.lang not in tars:
+                tmp = out / f".{unit.name}-{imp.lang}.tar.tmp"
+                tars[imp.lang] = open_tars.enter_context(
+                    tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT)
+                )
+                counts[imp.lang] = 0
+            payload = json.dumps(sample, separators=(",", ":")).encode()
+            _add(tars[imp.lang], f"{unit.split}-{imp.impression_id}.json", payload)
+            counts[imp.lang] += 1
+            rows.count(job.source, "kept")
+    shards = []
+    for lang in sorted(tars):
+        final = out / f"{unit.name}-{lang}.tar"
+        os.replace(out / f".{unit.name}-{lang}.tar.tmp", final)
+        shards.append(
+            {
+                "name": final.name,
+                "language": lang,
+                "samples": counts[lang],
+                "bytes": final.stat().st_size,
+                "sha256": sha256(final),
             }
-            sink.write({"__key__": f"{split}-{imp.impression_id}", "json": sample})
-            per_language[imp.lang] += 1
-    shards = sorted(out.glob(f"{split}-*.tar"))
-    return {
-        "impressions": rows,
-        "per_language": dict(sorted(per_language.items())),
-        "shards": [
-            {"name": p.name, "bytes": p.stat().st_size, "sha256": sha256(p)} for p in shards
-        ],
-        "source": {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)},
+        )
+    record = {
+        "fingerprint": job.fingerprint,
+        "unit": unit.name,
+        "rows": rows.files,
+        "shards": shards,
     }
+    tmp = out / f".{unit.name}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
+    os.replace(tmp, record_path)
+    return record
 
 
-def build_shards(cfg: Config, progress: bool = True) -> dict[str, Any]:
-    """Tokenise the corpus once and write the shards folder; returns the manifest."""
-    prepare_corpus(cfg)
-    out = cfg.shards_dir
-    (out / "items").mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.tar"):
-        old.unlink()  # a smaller re-run must not leave shards of the last one behind
-    items = read_items(cfg)
-    tok, tok_info = _tokenizer_for(cfg, items, out)
-    table = _tokenize_items(tok, items, cfg, progress)
-    np.save(out / ITEM_TOKENS, table)
-    with open(out / ITEM_INDEX, "w", encoding="utf-8") as handle:
-        for item in items:
-            handle.write(
-                f"{item.nid}@{item.lang}\t{item.lang}\t{item.category}\t{item.subcategory}\n"
+def _items_record(cfg: Config) -> dict[str, Any]:
+    path = cfg.shards_dir / ITEMS_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: build the item table first with `mlrec shard --items`"
+        )
+    return json.loads(path.read_text())
+
+
+def unit_jobs(cfg: Config) -> dict[str, Any]:
+    """Per split: the source record, its row count and the jobs of its units."""
+    items_key = _items_record(cfg)["fingerprint"]
+    plan: dict[str, Any] = {}
+    for split in SPLITS:
+        path = behaviors_file(cfg, split)
+        source = file_record(path)
+        units, rows = plan_units(path, split, cfg.data.shard_max_samples)
+        key = _unit_fingerprint(cfg, items_key, source)
+        jobs = [
+            UnitJob(
+                u,
+                path,
+                cfg.shards_dir,
+                cfg.data.shard_max_samples,
+                cfg.data.default_language,
+                cfg.data.on_error,
+                key,
             )
-    row_of = {(item.nid, item.lang): row for row, item in enumerate(items)}
-    manifest: dict[str, Any] = {
-        "format": 1,
-        "tokenizer": {
-            **tok_info,
-            "path": TOKENIZER_DIR,
-            "sha256": sha256(out / TOKENIZER_DIR / "tokenizer.json"),
-            "pad_token_id": tok.pad_token_id,
-        },
-        "items": {
-            "count": len(items),
-            "max_tokens": cfg.data.max_item_tokens,
-            "text_fields": cfg.data.text_fields,
-            "per_language": dict(sorted(Counter(i.lang for i in items).items())),
-            "news_files": {
-                lang: [{"path": str(p), "bytes": p.stat().st_size, "sha256": sha256(p)} for p in ps]
-                for lang, ps in sorted(news_files(cfg).items())
-            },
-        },
-        "splits": {split: _write_split(cfg, split, row_of, out, progress) for split in SPLITS},
+            for u in units
+        ]
+        plan[split] = {"source": source, "rows": rows, "jobs": jobs}
+    return plan
+
+
+def write_units(jobs: list[UnitJob], workers: int, progress: bool) -> None:
+    bar = tqdm(total=len(jobs), desc="sharding", disable=not progress, unit="shard")
+    if workers <= 1:
+        for job in jobs:
+            write_unit(job)
+            bar.update()
+    else:
+        # spawn, not fork: the parent may hold tokenizer threads, which fork would copy locked
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for done in as_completed([pool.submit(write_unit, job) for job in jobs]):
+                done.result()
+                bar.update()
+    bar.close()
+
+
+def parse_slice(text: str) -> tuple[int, int]:
+    """`3/8` -> (3, 8): task 3 of 8, counting from 0 as SLURM_ARRAY_TASK_ID does."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--slice {text!r} must look like I/N, e.g. 0/8") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--slice {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def shard_slice(cfg: Config, index: int, count: int, progress: bool = True) -> int:
+    """Write the units j with j % count == index (over both splits); returns how many."""
+    plan = unit_jobs(cfg)
+    jobs = [job for split in SPLITS for job in plan[split]["jobs"]][index::count]
+    write_units(jobs, 1, progress)
+    return len(jobs)
+
+
+def merge_shards(cfg: Config) -> dict[str, Any]:
+    """Check every unit is written, remove leftovers, and write manifest.json."""
+    out = cfg.shards_dir
+    items = _items_record(cfg)
+    plan = unit_jobs(cfg)
+    rows = RowLog(cfg.data.on_error)
+    rows.merge(items["rows"]["files"])
+    splits: dict[str, Any] = {}
+    wanted: set[str] = set()
+    for split in SPLITS:
+        records = []
+        for job in plan[split]["jobs"]:
+            path = out / f"{job.unit.name}.json"
+            record = json.loads(path.read_text()) if path.is_file() else None
+            if record is None or record["fingerprint"] != job.fingerprint:
+                raise FileNotFoundError(
+                    f"{path}: unit not written for the current inputs; run the missing "
+                    "`mlrec shard --slice I/N` tasks (or `mlrec shard`) again"
+                )
+            records.append(record)
+            rows.merge(record["rows"])
+        shards = [s for r in records for s in r["shards"]]
+        wanted |= {f"{r['unit']}.json" for r in records} | {s["name"] for s in shards}
+        per_language: dict[str, int] = {}
+        for s in shards:
+            per_language[s["language"]] = per_language.get(s["language"], 0) + s["samples"]
+        splits[split] = {
+            "impressions": sum(per_language.values()),
+            "rows": plan[split]["rows"],
+            "per_language": dict(sorted(per_language.items())),
+            "shards": shards,
+            "source": plan[split]["source"],
+        }
+    for leftover in [*out.glob("*.tar"), *out.glob("train-*.json"), *out.glob("dev-*.json")]:
+        if leftover.name not in wanted:  # from an earlier, larger corpus
+            leftover.unlink()
+    manifest = {
+        "format": 2,
+        "tokenizer": items["tokenizer"],
+        "items": {k: items[k] for k in ("count", "max_tokens", "text_fields", "per_language")}
+        | {"news_files": items["news_files"]},
+        "splits": splits,
+        "rows": rows.summary(),
+        "config": cfg.to_dict()["data"],
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    skipped = rows.skipped_total()
     log.info(
-        "wrote %d items and %s impressions to %s",
-        len(items),
-        {s: manifest["splits"][s]["impressions"] for s in SPLITS},
+        "wrote %d items and %s impressions to %s%s",
+        items["count"],
+        {s: splits[s]["impressions"] for s in SPLITS},
         out,
+        f"; skipped {skipped} malformed rows (counts per file and reason in the manifest)"
+        if skipped
+        else "",
     )
+    for path, counts in rows.summary()["files"].items():
+        if counts["skipped"]:
+            log.warning("skipped in %s: %s", path, counts["skipped"])
     return manifest
+
+
+def build_shards(cfg: Config, progress: bool = True, workers: int = 1) -> dict[str, Any]:
+    """Item table, every unit (in `workers` processes), then the manifest."""
+    prepare_corpus(cfg)
+    cfg.shards_dir.mkdir(parents=True, exist_ok=True)
+    build_items(cfg, cfg.shards_dir, progress)
+    plan = unit_jobs(cfg)
+    write_units([job for split in SPLITS for job in plan[split]["jobs"]], workers, progress)
+    return merge_shards(cfg)
 
 
 def load_manifest(shards_dir: str | Path) -> dict[str, Any]:

@@ -163,6 +163,7 @@ class Trainer:
             rank=self.accelerator.process_index,
             world_size=self.accelerator.num_processes,
             skip_batches=self.batches_consumed,
+            language_alpha=data.language_alpha,
         )
         for batch in loader:
             self.batches_consumed += 1

@@ -1,0 +1,205 @@
+"""The item table: every (news id, language) tokenised once, in a stable order.
+
+  tokenizer/         the tokenizer the items were encoded with (Hugging Face format)
+  items/tokens.npy   int32 [items, data.max_item_tokens], padded with the tokenizer's pad id
+  items/index.tsv    one line per row: nid@lang, language, category, subcategory
+  items/items.json   counts, source files, row accounting, and the fingerprint of the inputs
+
+The news files are streamed several times (categories, counting, tokenizer training, encoding)
+instead of being held in memory: xMIND has ~1.8M (item, language) rows, and the table itself is
+written through a memory map, so memory grows with the number of items' ids, not their text.
+xMIND rows (nid, title, abstract) take category and subcategory from a MIND row with the same
+news id; a row whose id no MIND file knows is rejected as an unknown news id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from mlrec.config import Config
+from mlrec.data.corpus import news_files
+from mlrec.data.mind import ItemKey, NewsItem, read_news
+from mlrec.data.rows import UNKNOWN_ITEM, DataError, RowLog
+
+log = logging.getLogger(__name__)
+
+ITEMS_DIR = "items"
+ITEM_TOKENS = "items/tokens.npy"
+ITEM_INDEX = "items/index.tsv"
+ITEMS_RECORD = "items/items.json"
+TOKENIZER_DIR = "tokenizer"
+_TOKENIZE_BATCH = 1024
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def _categories(files: dict[str, list[Path]]) -> dict[str, tuple[str, str]]:
+    """News id -> (category, subcategory) from the MIND-format rows (first file wins)."""
+    found: dict[str, tuple[str, str]] = {}
+    quiet = RowLog("skip", warn=False)  # errors are reported by the counting pass
+    for _, paths in sorted(files.items()):
+        for path in paths:
+            for item in read_news(path, "", quiet):
+                if item.category:
+                    found.setdefault(item.nid, (item.category, item.subcategory))
+    return found
+
+
+def kept_items(
+    files: dict[str, list[Path]], categories: dict[str, tuple[str, str]], rows: RowLog
+) -> Iterator[NewsItem]:
+    """The items of the table in row order: first occurrence of each (news id, language)."""
+    seen: set[ItemKey] = set()
+    for lang, paths in sorted(files.items()):
+        for path in paths:
+            for item in read_news(path, lang, rows):
+                if (item.nid, lang) in seen:
+                    rows.count(path, "duplicates")
+                    continue
+                if not item.category:
+                    if item.nid not in categories:
+                        rows.reject(
+                            path,
+                            DataError(
+                                f"{path}: {item.nid} ({lang}) is in no MIND-format news file, so "
+                                "it has no category",
+                                UNKNOWN_ITEM,
+                            ),
+                        )
+                        continue
+                    item = item.with_category(*categories[item.nid])
+                seen.add((item.nid, lang))
+                rows.count(path, "kept")
+                yield item
+
+
+def fingerprint(cfg: Config, sources: dict[str, list[dict[str, Any]]]) -> str:
+    """What the item table depends on; a finished table with the same one is reused."""
+    data, model = cfg.data, cfg.model
+    inputs = {
+        "sources": sources,
+        "text_fields": data.text_fields,
+        "max_item_tokens": data.max_item_tokens,
+        "on_error": data.on_error,
+        "tokenizer": model.tokenizer or model.name_or_path,
+        "vocab_size": model.vocab_size,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _tokenizer(cfg: Config, texts: Iterator[str], out: Path) -> tuple[Any, dict[str, str]]:
+    from mlrec.models.tokenizer import load_tokenizer, train_tokenizer
+
+    source = cfg.model.tokenizer or cfg.model.name_or_path
+    if source:
+        tok = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code)
+        tok.save_pretrained(str(out))
+        return tok, {"source": source}
+    tok = train_tokenizer(texts, cfg.model.vocab_size, out)
+    return tok, {"source": "trained on this corpus", "vocab_size": str(len(tok))}
+
+
+def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Write tokenizer/ and items/ under `out` (or reuse them); returns items/items.json."""
+    files = news_files(cfg)
+    sources = {lang: [file_record(p) for p in ps] for lang, ps in sorted(files.items())}
+    key = fingerprint(cfg, sources)
+    record_path = out / ITEMS_RECORD
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record["fingerprint"] == key:
+            log.info("item table up to date: %s", out / ITEMS_DIR)
+            return record
+    # Build beside the final folders and rename them in place when complete, so an interrupted
+    # run never leaves a table that looks finished (items.json is the completion mark).
+    tmp = out / ".items-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / ITEMS_DIR).mkdir(parents=True)
+    categories = _categories(files)
+    rows = RowLog(cfg.data.on_error)
+    per_language = Counter(item.lang for item in kept_items(files, categories, rows))
+    count = sum(per_language.values())
+    if not count:
+        raise DataError(f"no usable news rows in {', '.join(str(p) for p in sorted(files))}")
+
+    def quiet_items() -> Iterator[NewsItem]:
+        return kept_items(files, categories, RowLog("skip", warn=False))
+
+    fields = cfg.data.text_fields
+    tok, tok_info = _tokenizer(cfg, (i.text(fields) for i in quiet_items()), tmp / TOKENIZER_DIR)
+    max_len = cfg.data.max_item_tokens
+    table = np.lib.format.open_memmap(
+        tmp / ITEM_TOKENS, mode="w+", dtype=np.int32, shape=(count, max_len)
+    )
+    table[:] = tok.pad_token_id
+    bar = tqdm(total=count, desc="tokenising items", disable=not progress, unit="item")
+    with open(tmp / ITEM_INDEX, "w", encoding="utf-8") as index:
+        row, batch = 0, []
+        for item in chain(quiet_items(), [None]):  # None flushes the last batch
+            if item is not None:
+                batch.append(item)
+                index.write(
+                    f"{item.nid}@{item.lang}\t{item.lang}\t{item.category}\t{item.subcategory}\n"
+                )
+            if len(batch) == _TOKENIZE_BATCH or (item is None and batch):
+                ids = tok([i.text(fields) for i in batch], truncation=True, max_length=max_len)
+                for offset, seq in enumerate(ids["input_ids"]):
+                    table[row + offset, : len(seq)] = seq
+                row += len(batch)
+                bar.update(len(batch))
+                batch = []
+    bar.close()
+    table.flush()
+    del table
+    record = {
+        "fingerprint": key,
+        "count": count,
+        "max_tokens": max_len,
+        "text_fields": fields,
+        "per_language": dict(sorted(per_language.items())),
+        "news_files": sources,
+        "rows": rows.summary(),
+        "tokenizer": {
+            **tok_info,
+            "path": TOKENIZER_DIR,
+            "sha256": sha256(tmp / TOKENIZER_DIR / "tokenizer.json"),
+            "pad_token_id": tok.pad_token_id,
+        },
+    }
+    (tmp / ITEMS_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False))
+    for name in (TOKENIZER_DIR, ITEMS_DIR):
+        shutil.rmtree(out / name, ignore_errors=True)
+        (tmp / name).rename(out / name)
+    tmp.rmdir()
+    return record
+
+
+def item_rows(shards_dir: Path) -> dict[ItemKey, int]:
+    """(news id, language) -> row of the item table, read from items/index.tsv."""
+    rows: dict[ItemKey, int] = {}
+    with open(shards_dir / ITEM_INDEX, encoding="utf-8") as handle:
+        for row, line in enumerate(handle):
+            nid, _, lang = line.split("\t", 1)[0].rpartition("@")
+            rows[(nid, lang)] = row
+    return rows
