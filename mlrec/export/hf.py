@@ -35,6 +35,7 @@ from mlrec.models.tokenizer import load_tokenizer
 HEADS_FILE = "mlrec_heads.safetensors"
 CONFIG_FILE = "mlrec_config.yaml"
 CATALOG_DIR = "catalog"
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
 def export_model(model: Recommender, tokenizer, cfg: Config, out_dir: str | Path) -> Path:
@@ -64,6 +65,12 @@ def export_model(model: Recommender, tokenizer, cfg: Config, out_dir: str | Path
 def load_export(export_dir: str | Path) -> tuple[Recommender, object, Config]:
     """Rebuild the recommender, its tokenizer and config from an export folder (no pickle)."""
     export_dir = Path(export_dir)
+    # Pickled weights (pytorch_model.bin) can run code when loaded: only safetensors are read.
+    if not any((export_dir / name).is_file() for name in SAFETENSORS_FILES):
+        raise FileNotFoundError(
+            f"{export_dir} holds no {' or '.join(SAFETENSORS_FILES)}: mlrec loads safetensors "
+            "only (re-export the run with `mlrec export`)"
+        )
     cfg = config_from_dict(
         yaml.safe_load((export_dir / CONFIG_FILE).read_text()), str(export_dir / CONFIG_FILE)
     )
