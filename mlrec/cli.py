@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "run", nargs="?", type=Path, help="a finished run directory (uses its config.yaml)"
             )
+        if name == "shard":
+            _shard_options(sub)
         if name == "serve":
             sub.add_argument(
                 "run", nargs="?", type=Path, help="an export folder (uses its mlrec_config.yaml)"
@@ -53,6 +55,37 @@ def build_parser() -> argparse.ArgumentParser:
             help="dotted overrides, e.g. train.steps=50",
         )
     return parser
+
+
+def _slice(text: str) -> tuple[int, int]:
+    from mlrec.data.shards import parse_slice
+
+    try:
+        return parse_slice(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _shard_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--workers", type=int, default=1, help="processes writing shards at once")
+    steps = sub.add_mutually_exclusive_group()
+    steps.add_argument(
+        "--items",
+        action="store_true",
+        help="only build the item table (a cluster job's first step)",
+    )
+    steps.add_argument(
+        "--slice",
+        type=_slice,
+        metavar="I/N",
+        help="write slice I of N of the shards, e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT",
+    )
+    steps.add_argument(
+        "--merge", action="store_true", help="check every slice is written; write the manifest"
+    )
+    steps.add_argument(
+        "--inspect", action="store_true", help="summarise the manifest and show a few samples"
+    )
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -117,6 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.stage == "quickstart":
             quickstart(cfg)
+        elif args.stage == "shard":
+            step = "items" if args.items else "merge" if args.merge else "all"
+            pipeline.shard(
+                cfg, workers=args.workers, part=args.slice, step=step, inspect=args.inspect
+            )
         else:
             getattr(pipeline, args.stage)(cfg)
     except (ConfigError, DataError, FileNotFoundError) as err:

@@ -28,8 +28,32 @@ def data(cfg: Config) -> Path:
     return root
 
 
-def shard(cfg: Config) -> dict[str, Any]:
-    manifest = build_shards(cfg)
+def shard(
+    cfg: Config,
+    *,
+    workers: int = 1,
+    part: tuple[int, int] | None = None,
+    step: str = "all",
+    inspect: bool = False,
+) -> dict[str, Any] | None:
+    """All of sharding, or one step of it for cluster jobs: `items` (the item table), one `part`
+    (slice i of n of the units) or `merge` (the manifest); `inspect` only reads a finished one."""
+    from mlrec.data import shards
+
+    if inspect:
+        from mlrec.data.inspect import describe
+
+        print(describe(cfg.shards_dir))
+        return None
+    if step == "items":
+        prepare_corpus(cfg)
+        shards.build_items(cfg, cfg.shards_dir, progress=True)
+        return None
+    if part is not None:
+        written = shards.shard_slice(cfg, *part)
+        log.info("slice %d/%d: %d shard units in %s", *part, written, cfg.shards_dir)
+        return None
+    manifest = shards.merge_shards(cfg) if step == "merge" else build_shards(cfg, workers=workers)
     log.info("shards, item table and manifest: %s", cfg.shards_dir)
     return manifest
 

@@ -49,7 +49,15 @@ from mlrec.data.rows import UNKNOWN_ITEM, DataError, RowLog
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ITEM_INDEX", "ITEM_TOKENS", "MANIFEST", "TOKENIZER_DIR", "build_shards", "sha256"]
+__all__ = [
+    "ITEM_INDEX",
+    "ITEM_TOKENS",
+    "MANIFEST",
+    "TOKENIZER_DIR",
+    "build_items",
+    "build_shards",
+    "sha256",
+]
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "dev")

@@ -1,0 +1,123 @@
+"""Sharding: nothing lost under on_error=skip, byte-identical re-runs, restart, slices + merge."""
+
+import json
+import os
+
+import pytest
+
+from mlrec.data.items import build_items
+from mlrec.data.mind import DataError
+from mlrec.data.rows import BAD_LABEL, COLUMNS, EMPTY_TITLE, ENCODING, UNKNOWN_ITEM
+from mlrec.data.shards import (
+    MANIFEST,
+    build_shards,
+    load_manifest,
+    merge_shards,
+    parse_slice,
+    shard_slice,
+)
+from tests.conftest import tiny_config
+
+
+def _corrupt(cfg):
+    """One malformed row of each kind; returns {file: {reason: count}} of what was broken."""
+    build_shards(cfg, progress=False)  # generates the corpus
+    news = cfg.corpus_dir / "news" / "de.tsv"
+    rows = news.read_bytes().splitlines(keepends=True)
+    rows[1] = b"\t".join(rows[1].split(b"\t")[:4]) + b"\n"  # 4 columns
+    cols = rows[2].split(b"\t")
+    cols[3] = b" "
+    rows[2] = b"\t".join(cols)  # empty title
+    cols = rows[3].split(b"\t")
+    cols[3] = b"\xff\xfe broken"
+    rows[3] = b"\t".join(cols)  # undecodable
+    news.write_bytes(b"".join(rows))
+    behaviors = cfg.corpus_dir / "train" / "behaviors.tsv"
+    lines = behaviors.read_text().splitlines()
+    lines[4] = lines[4].replace("-1", "-1 N999999@en-0", 1)  # unknown news id
+    lines[7] = lines[7].replace("-1", "-7", 1)  # bad label
+    lines[9] = "\t".join(lines[9].split("\t")[:3])  # 3 columns
+    behaviors.write_text("\n".join(lines) + "\n")
+    return {
+        str(news): {COLUMNS: 1, EMPTY_TITLE: 1, ENCODING: 1},
+        str(behaviors): {BAD_LABEL: 1, COLUMNS: 1},  # + impressions citing the 3 lost items
+    }
+
+
+def test_skip_counts_every_row_and_strict_names_the_line(tmp_path):
+    cfg = tiny_config(tmp_path, "data.on_error=skip")
+    broken = _corrupt(cfg)
+    manifest = build_shards(cfg, progress=False)
+    files = manifest["rows"]["files"]
+    for path, counts in files.items():  # rows in = rows kept + duplicates + rows skipped
+        assert counts["rows"] == counts["kept"] + counts["duplicates"] + sum(
+            counts["skipped"].values()
+        ), path
+        with open(path, "rb") as handle:
+            assert counts["rows"] == sum(1 for line in handle if line.strip())
+    for path, reasons in broken.items():
+        for reason, n in reasons.items():
+            assert files[path]["skipped"][reason] == n
+    train = str(cfg.corpus_dir / "train" / "behaviors.tsv")
+    assert files[train]["skipped"][UNKNOWN_ITEM] >= 1
+    split = manifest["splits"]["train"]
+    assert (
+        split["impressions"] == files[train]["kept"] == sum(s["samples"] for s in split["shards"])
+    )
+
+    strict = tiny_config(tmp_path)
+    with pytest.raises(DataError, match=r"de\.tsv:2: expected 8 tab-separated columns"):
+        build_shards(strict, progress=False)
+
+
+def _bytes(shards_dir):
+    return {p.name: p.read_bytes() for p in sorted(shards_dir.glob("*.tar"))} | {
+        "tokens": (shards_dir / "items" / "tokens.npy").read_bytes()
+    }
+
+
+def test_same_input_gives_identical_shards_and_reruns_skip_finished_units(tmp_path):
+    one = tiny_config(tmp_path / "a")
+    build_shards(one, progress=False)
+    # Hugging Face's Unigram trainer is not deterministic (4 trainings, 4 different vocabularies),
+    # so the second build reuses the first one's tokenizer: same tokenizer, same bytes.
+    two = tiny_config(
+        tmp_path / "b",
+        f"data.dir={one.corpus_dir}",
+        f"model.tokenizer={one.shards_dir / 'tokenizer'}",
+    )
+    build_shards(two, progress=False, workers=2)  # other folder, other process layout
+    first = _bytes(one.shards_dir)
+    assert first == _bytes(two.shards_dir)
+
+    # an interrupted run: one unit's record and tar missing; the re-run rewrites only that unit
+    victim = one.shards_dir / "train-000002.json"
+    victim.unlink()
+    next(one.shards_dir.glob("train-000002-*.tar")).unlink()
+    untouched = one.shards_dir / "train-000001.json"
+    stamp = untouched.stat().st_mtime_ns
+    os.utime(untouched, ns=(stamp - 10**9, stamp - 10**9))
+    build_shards(one, progress=False)
+    assert untouched.stat().st_mtime_ns == stamp - 10**9
+    assert victim.is_file()
+    assert _bytes(one.shards_dir) == first
+
+
+def test_slices_then_merge_equal_one_run(tmp_path):
+    whole = tiny_config(tmp_path / "whole")
+    expected = build_shards(whole, progress=False)
+    cfg = tiny_config(tmp_path / "sliced", f"data.dir={whole.corpus_dir}")
+    build_items(cfg, cfg.shards_dir, progress=False)
+    assert shard_slice(cfg, 0, 3, progress=False) > 0
+    with pytest.raises(FileNotFoundError, match="--slice"):
+        merge_shards(cfg)  # slices 1 and 2 have not run
+    for index in (1, 2):
+        shard_slice(cfg, index, 3, progress=False)
+    merged = merge_shards(cfg)
+    assert (cfg.shards_dir / MANIFEST).is_file()
+    assert merged["splits"]["train"]["shards"] == expected["splits"]["train"]["shards"]
+    assert merged["splits"]["dev"]["per_language"] == expected["splits"]["dev"]["per_language"]
+    assert json.loads((cfg.shards_dir / MANIFEST).read_text()) == load_manifest(cfg.shards_dir)
+    assert parse_slice("2/3") == (2, 3)
+    with pytest.raises(ValueError, match="I/N"):
+        parse_slice("3")
