@@ -1,0 +1,71 @@
+"""`mlrec export RUN_DIR` end to end: Hugging Face + ONNX + parity (+ Triton), and loud failure."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from mlrec.cli import main
+from tests.conftest import TINY
+
+MLREC = str(Path(sys.executable).parent / "mlrec")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, tiny_shards) -> Path:
+    run = tmp_path_factory.mktemp("run")
+    args = ["train", "--config", str(TINY), f"run_dir={run}", f"data.shards_dir={tiny_shards}"]
+    args += ["train.steps=2", "train.warmup_steps=0", "train.log_every=1"]
+    out = subprocess.run(
+        [MLREC, *args], capture_output=True, text=True, timeout=600, env=os.environ.copy()
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    return run
+
+
+def test_export_writes_checked_onnx_and_a_triton_repository(trained_run):
+    assert main(["export", str(trained_run), "export.triton=true"]) == 0
+    export = trained_run / "export"
+    report = json.loads((export / "onnx" / "parity.json").read_text())
+    assert report["passed"] and report["held_out"]["impressions"] == 200
+    assert "| **overall** | 200 |" in (export / "README.md").read_text()  # the run's metrics
+
+    triton = export / "triton"
+    assert sorted(p.name for p in triton.iterdir()) == [
+        "item_encoder",
+        "item_encoder_int8",
+        "user_encoder",
+        "user_encoder_int8",
+    ]
+    for name in ("item_encoder", "item_encoder_int8", "user_encoder", "user_encoder_int8"):
+        assert sorted(p.name for p in (triton / name).iterdir()) == ["1", "config.pbtxt"]
+        model = onnx.load(str(triton / name / "1" / "model.onnx"))
+        config = (triton / name / "config.pbtxt").read_text()
+        assert f'name: "{name}"' in config and 'platform: "onnxruntime_onnx"' in config
+        for tensor in [*model.graph.input, *model.graph.output]:
+            assert f'name: "{tensor.name}"' in config  # the tensor names Triton will bind
+    item = (triton / "item_encoder" / "config.pbtxt").read_text()
+    assert 'name: "input_ids" data_type: TYPE_INT64 dims: [ -1 ]' in item
+    assert f"dims: [ {report['dim']} ]" in item
+    user = (triton / "user_encoder" / "config.pbtxt").read_text()
+    assert f'name: "history" data_type: TYPE_FP32 dims: [ -1, {report["dim"]} ]' in user
+
+
+def test_export_exits_non_zero_when_the_onnx_model_is_wrong(trained_run, monkeypatch, capsys):
+    from mlrec.export import onnx_models
+
+    # A plausible export bug: the user tower's graph returns the wrong vector.
+    monkeypatch.setattr(
+        onnx_models._UserGraph,
+        "forward",
+        lambda self, history, mask: self.user_encoder(history, mask != 0).flip(-1),
+    )
+    assert main(["export", str(trained_run), "export.dir=" + str(trained_run / "bad")]) == 3
+    err = capsys.readouterr().err
+    assert "ONNX parity check failed" in err and "fp32: minimum cosine" in err
+    report = json.loads((trained_run / "bad" / "onnx" / "parity.json").read_text())
+    assert not report["passed"] and report["fp32"]["user_cosine_min"] < 0.999
