@@ -280,9 +280,27 @@ class Trainer:
             for lang, row in [*metrics["by_language"].items(), ("overall", metrics["overall"])]:
                 for name in METRICS:
                     self.writer.add_scalar(f"eval/{lang}/{name}", row[name], self.step)
+            self.log_hparams(metrics)
             self.writer.flush()
             log.info("evaluation at step %d:\n%s", self.step, format_table(metrics))
         return metrics
+
+    def log_hparams(self, metrics: dict[str, Any]) -> None:
+        """The run's settings and final metrics for TensorBoard's HParams view, where runs under
+        one --logdir line up for comparison; its metric columns read the eval/overall/* scalars."""
+        from torch.utils.tensorboard.summary import hparams
+
+        settings: dict[str, Any] = {"world_size": self.accelerator.num_processes}
+        stack = list(self.cfg.to_dict().items())
+        while stack:
+            key, value = stack.pop()
+            if isinstance(value, dict):
+                stack += [(f"{key}.{k}", v) for k, v in value.items()]
+            else:  # the plugin takes numbers, strings and booleans
+                settings[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+        final = {f"eval/overall/{name}": metrics["overall"][name] for name in METRICS}
+        for summary in hparams(settings, final):
+            self.writer.file_writer.add_summary(summary, self.step)
 
     def close(self) -> None:
         if self._writer is not None:
