@@ -1,0 +1,221 @@
+"""Data-stage benchmark: shards + streaming loader vs tokenising the TSVs on the fly, the loader
+vs what a training step consumes, and sharding throughput and peak memory at 1x and 10x corpus.
+
+    python tools/bench_data.py --out bench_data.json [--quick]
+
+Full: the 10x corpus has 1M train impressions (and is the one the loaders read); --quick is 10x
+smaller (under 5 minutes on 2 cores). Loader and naive baseline are measured alternately in the
+same run, 3 times each, and medians reported (another busy process skews a lone measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mlrec.config import Config, load_config  # noqa: E402
+from mlrec.data.loader import train_loader  # noqa: E402
+from mlrec.data.mind import read_news  # noqa: E402
+from mlrec.data.synthetic import generate_corpus  # noqa: E402
+
+SHARD_CHILD = """
+import json, resource, sys, time
+from mlrec.config import load_config
+from mlrec.data.shards import build_shards
+cfg = load_config(None, sys.argv[1:])
+start = time.perf_counter()
+manifest = build_shards(cfg, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - start,
+                  "impressions": sum(s["rows"] for s in manifest["splits"].values()),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+class NaiveDataset(torch.utils.data.Dataset):
+    """What a competent user writes without shards: news pre-loaded into a dict, behaviors lines
+    in memory, and each __getitem__ parses a line and tokenises its items (HF fast tokenizer,
+    padded to max_length)."""
+
+    def __init__(self, corpus: Path, tokenizer, cfg: Config) -> None:
+        self.text = {
+            f"{item.nid}@{item.lang}": item.title
+            for path in sorted((corpus / "news").glob("*.tsv"))
+            for item in read_news(path, path.stem)
+        }
+        self.lines = (corpus / "train" / "behaviors.tsv").read_text(encoding="utf-8").splitlines()
+        self.tok, self.cfg = tokenizer, cfg.data
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        _, _, _, history, impressions = self.lines[i].split("\t")
+        ref = lambda t: t if "@" in t else f"{t}@en"  # noqa: E731
+        shown = [t.rpartition("-") for t in impressions.split()]
+        pos = [ref(r) for r, _, y in shown if y == "1"][:1] or [ref(shown[0][0])]
+        negs = [ref(r) for r, _, y in shown if y == "0"] or pos
+        cands = pos + random.choices(negs, k=self.cfg.negatives)
+        hist = [ref(t) for t in history.split()][-self.cfg.max_history :] or pos
+        enc = lambda refs: self.tok(  # noqa: E731
+            [self.text[r] for r in refs],
+            padding="max_length",
+            truncation=True,
+            max_length=self.cfg.max_item_tokens,
+            return_tensors="pt",
+        )
+        h, c = enc(hist), enc(cands)
+        pad = self.cfg.max_history - len(hist)
+        return {
+            "history": torch.nn.functional.pad(h["input_ids"], (0, 0, 0, pad), value=1),
+            "history_mask": torch.arange(self.cfg.max_history) < len(hist),
+            "candidates": c["input_ids"],
+            "candidate_mask": c["attention_mask"],
+        }
+
+
+def samples_per_s(batches, n_batches: int, batch_size: int) -> float:
+    it = iter(batches)
+    next(it)  # worker start-up and first reads are not throughput
+    start = time.perf_counter()
+    for _ in islice(it, n_batches):
+        pass
+    return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def shard_run(corpus: Path, out: Path, tokenizer: Path) -> dict:
+    args = [
+        f"run_dir={out}",
+        "data.source=mind",
+        f"data.dir={corpus}",
+        "data.news={}",
+        f"model.tokenizer={tokenizer}",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", SHARD_CHILD, *args],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["impressions_per_s"] = result["impressions"] / result["seconds"]
+    return result
+
+
+def train_step_seconds(shards: Path, batch: dict, repeats: int) -> float:
+    """A real training step of the quickstart model (LoRA, defaults) on one loader batch."""
+    from mlrec.models.adapters import adapt_backbone
+    from mlrec.models.recommender import build_recommender
+    from mlrec.models.tokenizer import load_tokenizer
+
+    cfg = Config()
+    tok = load_tokenizer(shards / "tokenizer")
+    model = build_recommender(cfg.model, len(tok), tok.pad_token_id)
+    model.item_encoder.backbone = adapt_backbone(model.item_encoder.backbone, cfg.adapter, 100)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        scores = model(
+            batch["item_ids"],
+            batch["item_mask"],
+            batch["history"],
+            batch["history_mask"],
+            batch["candidates"],
+        )
+        torch.nn.functional.cross_entropy(scores, batch["labels"]).backward()
+        opt.step()
+        opt.zero_grad()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workdir", type=Path, help="keep corpora and shards here")
+    args = parser.parse_args()
+    base = 10_000 if args.quick else 100_000  # train impressions of the 1x corpus
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_data_"))
+    results: dict = {"quick": args.quick, "workdir": str(work)}
+    corpora = {}
+    for scale in (1, 10):
+        corpus = work / f"corpus_{scale}x"
+        start = time.perf_counter()
+        if not (corpus / "corpus.json").is_file():
+            generate_corpus(
+                corpus,
+                num_news=1500 * scale,
+                num_users=base // 10 * scale,
+                train_impressions=base * scale,
+                dev_impressions=base // 10 * scale,
+            )
+        results[f"generate_{scale}x_s"] = time.perf_counter() - start
+        corpora[scale] = corpus
+    # one tokenizer for both sizes: the benchmark measures sharding, not tokenizer training
+    cfg = load_config(
+        None, [f"run_dir={work / 'tok'}", "data.source=mind", f"data.dir={corpora[1]}"]
+    )
+    from mlrec.data.items import build_items
+
+    build_items(cfg, cfg.shards_dir, progress=False)
+    tokenizer = cfg.shards_dir / "tokenizer"
+    for scale in (1, 10):
+        run = shard_run(corpora[scale], work / f"shards_{scale}x", tokenizer)
+        results[f"shard_{scale}x"] = run
+        print(f"sharding {scale}x: {run}", flush=True)
+    results["shard_peak_rss_ratio_10x"] = (
+        results["shard_10x"]["peak_rss_mb"] / results["shard_1x"]["peak_rss_mb"]
+    )
+    scale = 1 if args.quick else 10
+    shards, corpus = work / f"shards_{scale}x" / "shards", corpora[scale]
+    results["loader_corpus_train_impressions"] = base * scale
+    cfg = Config()
+    bs = cfg.data.batch_size
+    loader_kw = dict(
+        batch_size=bs, negatives=cfg.data.negatives, max_history=cfg.data.max_history, seed=0
+    )
+    from transformers import AutoTokenizer
+
+    naive = NaiveDataset(corpus, AutoTokenizer.from_pretrained(str(tokenizer)), cfg)
+    n = 30 if args.quick else 100
+    loader0, loader2, naive0 = [], [], []
+    for _ in range(3):  # alternate so that load on the machine hits both alike
+        loader0.append(samples_per_s(train_loader(shards, num_workers=0, **loader_kw), n, bs))
+        naive_loader = torch.utils.data.DataLoader(naive, batch_size=bs, shuffle=True)
+        naive0.append(samples_per_s(naive_loader, max(n // 5, 5), bs))
+        loader2.append(samples_per_s(train_loader(shards, num_workers=2, **loader_kw), n, bs))
+    results.update(
+        loader_samples_per_s_0_workers=statistics.median(loader0),
+        loader_samples_per_s_2_workers=statistics.median(loader2),
+        naive_samples_per_s_0_workers=statistics.median(naive0),
+        runs={"loader_0": loader0, "loader_2": loader2, "naive_0": naive0},
+    )
+    results["loader_speedup_vs_naive"] = (
+        results["loader_samples_per_s_0_workers"] / results["naive_samples_per_s_0_workers"]
+    )
+    batch = next(iter(train_loader(shards, num_workers=0, **loader_kw)))
+    step = train_step_seconds(shards, batch, repeats=5)
+    results["train_step_s"] = step
+    results["train_samples_per_s"] = bs / step
+    results["loader_vs_train_consumption"] = results["loader_samples_per_s_2_workers"] / (bs / step)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
