@@ -11,6 +11,7 @@ from mlrec.data.rows import BAD_LABEL, COLUMNS, EMPTY_TITLE, ENCODING, UNKNOWN_I
 from mlrec.data.shards import (
     MANIFEST,
     build_shards,
+    item_index,
     load_manifest,
     merge_shards,
     parse_slice,
@@ -121,3 +122,31 @@ def test_slices_then_merge_equal_one_run(tmp_path):
     assert parse_slice("2/3") == (2, 3)
     with pytest.raises(ValueError, match="I/N"):
         parse_slice("3")
+
+
+def test_xmind_rows_take_mind_categories(tmp_path, tiny_shards):
+    root = tmp_path / "mind"
+    (root / "train").mkdir(parents=True)
+    (root / "xmind").mkdir()
+    (root / "train" / "news.tsv").write_text(
+        "N1\tsports\tsoccer\tGoal\tA goal\tu\t[]\t[]\nN2\tfinance\tmarkets\tStocks\tUp\tu\t[]\t[]\n"
+    )
+    (root / "xmind" / "de.tsv").write_text("N1\tTor\tEin Tor\nN9\tUnbekannt\tx\n")
+    behaviors = "1\tU1\tt\tN1\tN1@de-1 N2-0\n"
+    (root / "train" / "behaviors.tsv").write_text(behaviors)
+    (root / "dev").mkdir()
+    (root / "dev" / "behaviors.tsv").write_text(behaviors.replace("N1@de-1", "N2-1 N1@de-0"))
+    cfg = tiny_config(
+        tmp_path,
+        "data.source=mind",
+        f"data.dir={root}",
+        "data.on_error=skip",
+        "data.news={en: [train/news.tsv], de: [xmind/de.tsv]}",
+        f"model.tokenizer={tiny_shards / 'tokenizer'}",
+    )
+    manifest = build_shards(cfg, progress=False)
+    index = {key: (cat, sub) for key, _, cat, sub in item_index(cfg.shards_dir)}
+    assert index["N1@de"] == ("sports", "soccer")
+    assert "N9@de" not in index
+    assert manifest["rows"]["files"][str(root / "xmind" / "de.tsv")]["skipped"] == {UNKNOWN_ITEM: 1}
+    assert manifest["splits"]["train"]["per_language"] == {"de": 1}
