@@ -1,0 +1,252 @@
+"""Benchmark the exported encoders on CPU: torch fp32 vs ONNX fp32 vs ONNX int8, and the service.
+
+    python tools/bench_export.py --out bench_export.json [--quick]
+
+Builds a realistic small student from config (XLM-R shape, hidden 256, 4 layers, no hub), shards
+the synthetic corpus, exports it the way `mlrec export` does (Hugging Face, ONNX fp32 + int8, the
+parity check), then measures:
+  - item encoding at batch sizes 1 and 32: items/s and p50/p99 latency per variant. Variants run
+    in alternating rounds (a different one first each round) and each figure is the median over
+    rounds, because other work on the machine moves single measurements a lot;
+  - the ranking service (`mlrec serve`, ONNX int8) on 127.0.0.1 under a bounded load: a fixed
+    number of /rank requests from a few concurrent clients, stopped early at a time limit.
+Every figure goes into the JSON, with `onnx_int8_speedup_bs32` and `int8_cosine_min` on top.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "debug" / "tiny.yaml"
+STUDENT = [
+    "model.hidden_size=256",
+    "model.num_layers=4",
+    "model.num_heads=4",
+    "model.intermediate_size=1024",
+    "model.user_heads=4",
+    "model.vocab_size=8000",
+    "data.max_item_tokens=32",
+]
+VARIANTS = ("torch_fp32", "onnx_fp32", "onnx_int8")
+BACKEND_OF = {"torch_fp32": "torch", "onnx_fp32": "onnx", "onnx_int8": "onnx-int8"}
+
+
+def build_export(root: Path) -> tuple[Path, dict]:
+    """Shards, an untrained student, and its full export (parity included)."""
+    from mlrec.config import load_config
+    from mlrec.data.shards import TOKENIZER_DIR, build_shards, load_manifest
+    from mlrec.export.hf import export_model
+    from mlrec.export.onnx_models import export_onnx
+    from mlrec.export.parity import check_parity
+    from mlrec.models.recommender import build_recommender
+    from mlrec.models.tokenizer import load_tokenizer
+
+    cfg = load_config(TINY, [f"run_dir={root}", *STUDENT])
+    build_shards(cfg, progress=False)
+    tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
+    pad_id = load_manifest(cfg.shards_dir)["tokenizer"]["pad_token_id"]
+    model = build_recommender(cfg.model, len(tokenizer), pad_id).eval()
+    export = export_model(model, tokenizer, cfg, root / "export")
+    export_onnx(export)
+    return export, check_parity(export, cfg.shards_dir, cfg.export.parity_impressions)
+
+
+def batches(export: Path, batch_size: int, count: int, seed: int) -> list[tuple]:
+    """Batches of real catalog titles (token rows), each cut to its longest item."""
+    from mlrec.models.tokenizer import load_tokenizer
+
+    table = np.load(export / "catalog" / "tokens.npy")
+    pad_id = load_tokenizer(export).pad_token_id
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        tokens = table[rng.choice(len(table), batch_size, replace=False)]
+        width = max(int((tokens != pad_id).sum(axis=1).max()), 1)
+        ids = tokens[:, :width].astype(np.int64)
+        out.append((ids, (ids != pad_id).astype(np.int64)))
+    return out
+
+
+def cosine_min(a: np.ndarray, b: np.ndarray) -> float:
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
+def bench_encoders(export: Path, rounds: int, calls: dict[int, int]) -> dict:
+    from mlrec.export.backends import load_backend
+
+    threads = os.cpu_count() or 1
+    backends = {v: load_backend(export, BACKEND_OF[v], threads) for v in VARIANTS}
+    results: dict = {}
+    for batch_size, n in calls.items():
+        data = batches(export, batch_size, n, seed=batch_size)
+        for backend in backends.values():  # warm-up: first calls allocate and pick kernels
+            backend.items(*data[0])
+        per_round = {v: {"items_per_s": [], "p50_ms": [], "p99_ms": []} for v in VARIANTS}
+        for r in range(rounds):
+            order = VARIANTS[r % 3 :] + VARIANTS[: r % 3]
+            for variant in order:
+                latencies = []
+                start = time.perf_counter()
+                for ids, mask in data:
+                    t = time.perf_counter()
+                    backends[variant].items(ids, mask)
+                    latencies.append(time.perf_counter() - t)
+                elapsed = time.perf_counter() - start
+                per_round[variant]["items_per_s"].append(batch_size * n / elapsed)
+                per_round[variant]["p50_ms"].append(1000 * float(np.percentile(latencies, 50)))
+                per_round[variant]["p99_ms"].append(1000 * float(np.percentile(latencies, 99)))
+        for variant, series in per_round.items():
+            results.setdefault(variant, {})[f"bs{batch_size}"] = {
+                key: float(np.median(values)) for key, values in series.items()
+            }
+        reference = backends["torch_fp32"].items(*data[0])
+        for variant in ("onnx_fp32", "onnx_int8"):
+            results[variant][f"bs{batch_size}"]["cosine_min_vs_torch"] = cosine_min(
+                backends[variant].items(*data[0]), reference
+            )
+    results["threads"] = threads
+    return results
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_service(export: Path, requests: int, seconds: float, clients: int) -> dict:
+    """Bounded load on 127.0.0.1: at most `requests` /rank calls, at most `seconds` long."""
+    import httpx
+
+    port = free_port()
+    mlrec = str(Path(sys.executable).parent / "mlrec")
+    log = export.parent / "serve.log"
+    cmd = [mlrec, "serve", str(export), f"serve.port={port}", "serve.backend=onnx-int8"]
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the service exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+            if time.monotonic() > deadline:
+                raise RuntimeError("the service did not start in 300 s")
+        ids = [line.split("\t")[0] for line in (export / "catalog" / "index.tsv").open()]
+        rng = np.random.default_rng(0)
+        bodies = [
+            {
+                "history": rng.choice(ids, 10, replace=False).tolist(),
+                "candidates": rng.choice(ids, 20, replace=False).tolist(),
+            }
+            for _ in range(64)
+        ]
+        latencies: list[float] = []
+        errors = [0]
+        counter = iter(range(requests))
+        lock = threading.Lock()
+        stop_at = time.monotonic() + seconds
+
+        def client() -> None:
+            with httpx.Client(base_url=base, timeout=30) as http:
+                while time.monotonic() < stop_at:
+                    with lock:
+                        i = next(counter, None)
+                    if i is None:
+                        return
+                    t = time.perf_counter()
+                    ok = http.post("/rank", json=bodies[i % len(bodies)]).status_code == 200
+                    with lock:
+                        latencies.append(time.perf_counter() - t)
+                        errors[0] += not ok
+
+        start = time.perf_counter()
+        workers = [threading.Thread(target=client) for _ in range(clients)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - start
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {
+        "backend": "onnx-int8",
+        "endpoint": "/rank (10 history items, 20 candidates)",
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors[0],
+        "seconds": elapsed,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and requests")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    rounds = 5 if args.quick else 15
+    calls = {1: 30, 32: 6} if args.quick else {1: 100, 32: 20}
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+        started = time.perf_counter()
+        export, parity = build_export(Path(tmp))
+        export_s = time.perf_counter() - started
+        encoders = bench_encoders(export, rounds, calls)
+        requests, seconds = (300, 20) if args.quick else (3000, 60)
+        service = bench_service(export, requests, seconds, clients=4)
+    int8_cos = min(
+        parity["int8"]["item_cosine_min"],
+        parity["int8"]["user_cosine_min"],
+        encoders["onnx_int8"]["bs1"]["cosine_min_vs_torch"],
+        encoders["onnx_int8"]["bs32"]["cosine_min_vs_torch"],
+    )
+    speedup = {
+        f"{variant}_speedup_bs{bs}": encoders[variant][f"bs{bs}"]["items_per_s"]
+        / encoders["torch_fp32"][f"bs{bs}"]["items_per_s"]
+        for variant in ("onnx_fp32", "onnx_int8")
+        for bs in (1, 32)
+    }
+    result = {
+        "onnx_int8_speedup_bs32": speedup["onnx_int8_speedup_bs32"],
+        "int8_cosine_min": int8_cos,
+        "goal_int8_2x_at_parity": speedup["onnx_int8_speedup_bs32"] >= 2 and parity["passed"],
+        **speedup,
+        "model": {k.split("=")[0]: k.split("=")[1] for k in STUDENT},
+        "quick": args.quick,
+        "rounds": rounds,
+        "calls_per_round": {f"bs{bs}": n for bs, n in calls.items()},
+        "export_seconds": export_s,
+        "encoders": encoders,
+        "parity": parity,
+        "service": service,
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in list(result)[:7]}, indent=2))
+    print(f"service: {service['requests_per_s']:.1f} requests/s; all figures in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
