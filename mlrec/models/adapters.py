@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import torch
 from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel
 
 from mlrec.config import AdapterConfig
+
+ADAPTER_DIR = "adapter"  # under the run directory
+HEADS_FILE = "mlrec_heads.safetensors"
+_BACKBONE = "item_encoder.backbone."
 
 # Linear layers worth adapting, per architecture: attention projections and feed-forward layers.
 TARGET_MODULES: dict[str, list[str]] = {
@@ -73,3 +81,35 @@ def merged_backbone(backbone: nn.Module) -> PreTrainedModel:
 def adalora_rank(backbone: nn.Module) -> int:
     """Total rank AdaLoRA currently keeps: the non-zero singular values over all matrices."""
     return sum(int((p != 0).sum()) for n, p in backbone.named_parameters() if "lora_E" in n)
+
+
+def save_adapter(model: nn.Module, state: dict[str, torch.Tensor], out: str | Path) -> None:
+    """Save `model`'s peft adapter and its non-encoder weights from a full `state` dict.
+
+    `model` is the unwrapped Recommender (it supplies the peft config); `state` holds the real
+    weights, gathered across processes when they are partitioned.
+    """
+    out = Path(out)
+    backbone = model.item_encoder.backbone
+    encoder_state = {
+        k.removeprefix(_BACKBONE): v for k, v in state.items() if k.startswith(_BACKBONE)
+    }
+    backbone.save_pretrained(str(out), state_dict=encoder_state, safe_serialization=True)
+    heads = {
+        k: v.detach().contiguous().cpu() for k, v in state.items() if not k.startswith(_BACKBONE)
+    }
+    save_file(heads, str(out / HEADS_FILE))
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """Put a saved adapter and heads onto a freshly built Recommender with the same base."""
+    adapter_dir = Path(adapter_dir)
+    model.item_encoder.backbone = PeftModel.from_pretrained(
+        model.item_encoder.backbone, str(adapter_dir)
+    )
+    missing, unexpected = model.load_state_dict(
+        load_file(str(adapter_dir / HEADS_FILE)), strict=False
+    )
+    if unexpected or any(not k.startswith(_BACKBONE) for k in missing):
+        raise ValueError(f"{adapter_dir}: heads do not fit this model ({unexpected or missing})")
+    return model

@@ -8,6 +8,8 @@ product of its item vector with the user vector.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel, XLMRobertaConfig
@@ -36,10 +38,24 @@ def build_backbone(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreT
     # Random position and token-type embeddings are the same for every item, so mean-pooled item
     # vectors of a fresh encoder start nearly parallel (cosine 0.97 measured on the synthetic
     # corpus) and two-tower training stalls; starting them at zero (they still train) fixes that.
-    with torch.no_grad():
-        backbone.embeddings.position_embeddings.weight.zero_()
-        backbone.embeddings.token_type_embeddings.weight.zero_()
+    shared = [
+        backbone.embeddings.position_embeddings.weight,
+        backbone.embeddings.token_type_embeddings.weight,
+    ]
+    with _gathered(shared), torch.no_grad():
+        for weight in shared:
+            weight.zero_()
     return backbone
+
+
+def _gathered(params: list[torch.nn.Parameter]):
+    """Under DeepSpeed ZeRO-3 weights are partitioned as they are created; editing them in place
+    needs them gathered (and written back from rank 0)."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:

@@ -7,6 +7,7 @@ impression id, so the result is the same with one process or several.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,18 @@ def encode_rows(
     return torch.cat(out) if out else torch.empty(0, model.item_encoder.dim, device=device)
 
 
+def full_parameters(accelerator: Accelerator, model: torch.nn.Module):
+    """Under ZeRO-3 each process holds a slice of every weight and a forward pass gathers them
+    collectively, which deadlocks or mixes slices when ranks run different numbers of passes (as
+    evaluation does); gather them all once for the whole evaluation instead."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None or plugin.zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()))
+
+
 @torch.no_grad()
 def evaluate(
     model: Recommender,
@@ -63,7 +76,7 @@ def evaluate(
     table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
     rows = sorted({r for imp in mine for r in (*imp["history"][-max_history:], *imp["candidates"])})
     position = {r: i for i, r in enumerate(rows)}
-    with accelerator.autocast():
+    with full_parameters(accelerator, model), accelerator.autocast():
         vectors = encode_rows(model, table, rows, pad_id, batch_size, accelerator.device)
         records = []
         for start in range(0, len(mine), _USERS_PER_PASS):

@@ -8,7 +8,6 @@ checkpoint, so a resumed run continues exactly where the interrupted one stopped
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -21,14 +20,14 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, set_seed
 from transformers import get_scheduler
 
 from mlrec.config import Config, ConfigError
 from mlrec.data.loader import train_loader
 from mlrec.data.shards import TOKENIZER_DIR, load_manifest
 from mlrec.evaluation import METRICS, format_table
-from mlrec.models.adapters import adapt_backbone
+from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
 from mlrec.models.recommender import Recommender, build_recommender
 from mlrec.models.tokenizer import load_tokenizer
 from mlrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -40,12 +39,25 @@ log = logging.getLogger(__name__)
 
 def build_accelerator(cfg: Config) -> Accelerator:
     """Accelerator for this machine: on a CPU-only host, gloo across the launched processes."""
-    cpu = not torch.cuda.is_available()
+    no_gpu = not torch.cuda.is_available()
+    # `accelerate launch --config_file <deepspeed yaml>` says so through the environment; cpu=True
+    # would silently replace DeepSpeed with plain DDP (DeepSpeed runs on CPU via DS_ACCELERATOR)
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+    cpu = no_gpu and not deepspeed
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     # On CPU, accelerate (and DeepSpeed under it) only count the launched processes when told
     # to use gloo; alone, the same setting makes it look for a process group that is not there.
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if cpu and launched else []
-    return Accelerator(cpu=cpu, mixed_precision=cfg.train.mixed_precision, kwargs_handlers=handlers)
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if no_gpu and launched else []
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=cfg.train.mixed_precision,
+        # a plugin object, because a bare count is overridden by the launch YAML's environment
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.train.grad_accum),
+        # train.steps counts optimizer steps whatever the process count: step the schedule once
+        # per optimizer step (accelerate would otherwise step it once per process)
+        step_scheduler_with_optimizer=False,
+        kwargs_handlers=handlers,
+    )
 
 
 def peak_memory_mb() -> float:
@@ -71,6 +83,12 @@ class Trainer:
         model.item_encoder.backbone = adapt_backbone(
             model.item_encoder.backbone, cfg.adapter, cfg.train.steps
         )
+        if cfg.train.gradient_checkpointing:
+            model.item_encoder.backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        # AdaLoRA reallocates ranks itself, every step, from the peft model (not the DDP wrapper)
+        self.adalora = model.item_encoder.backbone if cfg.adapter.method == "adalora" else None
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         scheduler = get_scheduler(
@@ -79,6 +97,15 @@ class Trainer:
             num_warmup_steps=cfg.train.warmup_steps,
             num_training_steps=cfg.train.steps,
         )
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None:
+            # DeepSpeed sizes its batch from a prepared DataLoader, which mlrec never hands over
+            # (see mlrec.data.loader), so it is told the micro-batch here.
+            # The mlrec config is the one source of truth: a launch YAML that disagreed would
+            # otherwise win silently and break the accumulation boundaries of the loop.
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.data.batch_size
+            plugin.deepspeed_config["gradient_accumulation_steps"] = cfg.train.grad_accum
+            plugin.deepspeed_config["gradient_clipping"] = cfg.train.max_grad_norm
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             model, optimizer, scheduler
         )
@@ -197,57 +224,82 @@ class Trainer:
         stop.uninstall()
         if not cfg.checkpoint_every or self.step % cfg.checkpoint_every:
             self.save()
+        self.save_adapter(self.run_dir / ADAPTER_DIR)
         return self.evaluate()
 
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Softmax cross-entropy of each positive against its negatives (and, with
+        `train.in_batch_negatives`, against every other candidate of the batch)."""
+        in_batch = self.cfg.train.in_batch_negatives
+        scores = self.model(
+            batch["item_ids"],
+            batch["item_mask"],
+            batch["history"],
+            batch["history_mask"],
+            batch["candidates"],
+            in_batch=in_batch,
+        )
+        labels = batch["labels"]
+        if in_batch:  # row b's positive sits at column b * candidates_per_row
+            labels = torch.arange(len(labels), device=labels.device) * batch["candidates"].shape[1]
+        return torch.nn.functional.cross_entropy(scores.float(), labels)
+
     def train_step(self, batches) -> dict[str, float]:
-        """One optimizer step over `train.grad_accum` micro-batches."""
+        """One optimizer step over `train.grad_accum` micro-batches.
+
+        accelerate's `accumulate` skips DDP's gradient all-reduce on all but the last
+        micro-batch, scales the loss, and under DeepSpeed sets the engine's accumulation boundary
+        (the engine then clips and steps inside `backward`; optimizer calls here become no-ops).
+        """
         start = time.perf_counter()
         accum = self.cfg.train.grad_accum
         total_loss, samples, tokens = 0.0, 0, 0
-        for micro in range(accum):
+        grad_norm: Any = 0.0
+        for _ in range(accum):
             batch = next(batches)
-            sync = micro == accum - 1
-            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.model)
-            with context, self.accelerator.autocast():
-                scores = self.model(
-                    batch["item_ids"],
-                    batch["item_mask"],
-                    batch["history"],
-                    batch["history_mask"],
-                    batch["candidates"],
-                )
-                loss = torch.nn.functional.cross_entropy(scores.float(), batch["labels"])
-                self.accelerator.backward(loss / accum)
+            with self.accelerator.accumulate(self.model), self.accelerator.autocast():
+                loss = self.compute_loss(batch)
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients:
+                    grad_norm = self.accelerator.clip_grad_norm_(
+                        self.model.parameters(), self.cfg.train.max_grad_norm or math.inf
+                    )
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    if self.adalora is not None:
+                        # prunes ranks from the gradients' sensitivity: after the step, before
+                        # the gradients are cleared (peft's documented order)
+                        self.adalora.base_model.update_and_allocate(self.step)
+                self.optimizer.zero_grad(set_to_none=True)
             total_loss += loss.detach().float() / accum
             samples += len(batch["labels"])
             tokens += int(batch["item_mask"].sum())
-        grad_norm = self.accelerator.clip_grad_norm_(
-            self.model.parameters(), self.cfg.train.max_grad_norm or math.inf
-        )
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         counts = torch.tensor([samples, tokens], device=self.accelerator.device)
         samples, tokens = (int(x) for x in self.accelerator.reduce(counts, "sum"))
         self.samples_seen += samples
         self.tokens_seen += tokens
         elapsed = time.perf_counter() - start
-        return {
+        stats = {
             "loss": float(self.accelerator.reduce(total_loss, "mean")),
-            "grad_norm": float(grad_norm),
+            "grad_norm": float(grad_norm if grad_norm is not None else float("nan")),
             "lr": self.scheduler.get_last_lr()[0],
             "step_time_s": elapsed,
             "samples_per_s": samples / elapsed,
             "tokens_per_s": tokens / elapsed,
             "memory_mb": peak_memory_mb(),
         }
+        if self.adalora is not None:
+            stats["adalora_rank"] = float(adalora_rank(self.adalora))
+        return stats
 
     def log_step(self, window: list[dict[str, float]]) -> None:
         """Log the means over the steps since the last log (lr and memory: the latest value)."""
         if self.writer is None:
             return
         stats = {k: sum(s[k] for s in window) / len(window) for k in window[-1]}
-        stats.update(lr=window[-1]["lr"], memory_mb=window[-1]["memory_mb"])
+        for latest in ("lr", "memory_mb", "adalora_rank"):  # states, not rates: no mean
+            if latest in window[-1]:
+                stats[latest] = window[-1][latest]
         for name, value in stats.items():
             self.writer.add_scalar(f"train/{name}", value, self.step)
         log.info(
@@ -301,6 +353,26 @@ class Trainer:
         final = {f"eval/overall/{name}": metrics["overall"][name] for name in METRICS}
         for summary in hparams(settings, final):
             self.writer.file_writer.add_summary(summary, self.step)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights on the main process (ZeRO-3 partitions gathered; every
+        process must call this)."""
+        return self.accelerator.get_state_dict(self.model)
+
+    def save_adapter(self, out: Path) -> Path | None:
+        """Write the adapter alone (peft format, small) plus the recommender's heads.
+
+        The weights come from `full_state_dict`, not from the live parameters: under ZeRO-3 each
+        process holds only a slice of them, and saving those writes empty adapters.
+        """
+        if self.cfg.adapter.method not in ("lora", "adalora"):
+            return None
+        state = self.full_state_dict()
+        if not self.accelerator.is_main_process:
+            return None
+        save_adapter(self.recommender, state, out)
+        log.info("adapter (%s) and heads saved to %s", self.cfg.adapter.method, out)
+        return out
 
     def close(self) -> None:
         if self._writer is not None:
