@@ -17,12 +17,13 @@ from mlrec.train.signals import EXIT_PREEMPTED, Preempted
 log = logging.getLogger("mlrec")
 
 STAGES = {
-    "data": "generate the built-in corpus (or check a MIND/xMIND folder) and list its files",
+    "data": "generate the built-in corpus, fetch the Debian catalog, or check a MIND folder",
     "shard": "tokenise the corpus once into an item table and webdataset impression shards",
     "train": "train the recommender (resumable), then evaluate it on held-out impressions",
     "evaluate": "evaluate the latest checkpoint of a run on held-out impressions",
     "export": "merge adapters, save the model in Hugging Face format and as checked ONNX",
     "serve": "answer ranking requests over HTTP for an export (FastAPI on uvicorn)",
+    "align": "align an item encoder across languages on parallel text (teacher distillation)",
     "quickstart": "all of the above on the built-in multilingual corpus, on one CPU",
 }
 

@@ -38,11 +38,30 @@ class SyntheticCorpusConfig:
     seed: int = 0
 
 
+# Debian's description translations, largest first (bookworm: en 20k items ... vi 28)
+DEBIAN_LANGUAGES = "en da it fr de sk pt_BR ja ko pl uk ru cs es zh_CN fi nl sv hu vi".split()  # noqa: SIM905
+
+
+@dataclass(kw_only=True)
+class DebianCatalogConfig:
+    """Debian's translated package descriptions (used when `data.source` is `debian`; see
+    mlrec/data/debian.py for how items and sessions are made)."""
+
+    # apt's Acquire::Languages; a language Debian has no Translation file for is left out
+    languages: list[str] = field(default_factory=lambda: list(DEBIAN_LANGUAGES))
+    lists_dir: str = ""  # apt lists cache; "" means <corpus dir>/apt-lists (about 70 MB)
+    sessions_per_basket: int = 3  # per metapackage and language; more: more, but repeated, data
+    dev_fraction: float = 0.1  # share of metapackages whose sessions are all held out
+    seed: int = 0
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the corpus lives, how it is sharded and how training samples are drawn."""
 
-    source: str = "synthetic"  # synthetic: generated on first use; mind: a MIND/xMIND folder
+    # synthetic: generated on first use; mind: a MIND/xMIND folder; debian: Debian's translated
+    # package descriptions, fetched with apt-get and converted on first use
+    source: str = "synthetic"
     dir: str = ""  # corpus folder; "" means <run_dir>/corpus
     # language -> news.tsv files, relative to `dir`; {} finds news/<lang>.tsv (xMIND-style
     # layout, as the synthetic corpus writes) or else MIND's train/ and dev/news.tsv
@@ -65,6 +84,7 @@ class DataConfig:
     # values up-sample small languages (XLM-R: 0.3), 0 is uniform over languages
     language_alpha: float = 1.0
     synthetic: SyntheticCorpusConfig = field(default_factory=SyntheticCorpusConfig)
+    debian: DebianCatalogConfig = field(default_factory=DebianCatalogConfig)
 
 
 @dataclass(kw_only=True)
@@ -250,7 +270,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("synthetic", "mind"),
+    "data.source": ("synthetic", "mind", "debian"),
     "data.on_error": ("strict", "skip"),
     "model.pooling": ("mean", "cls"),
     "model.user_encoder": ("attention", "mean"),
@@ -272,6 +292,8 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "data.synthetic.train_impressions": _POSITIVE,
     "data.synthetic.dev_impressions": _POSITIVE,
     "data.synthetic.mixed_language_fraction": _FRACTION,
+    "data.debian.sessions_per_basket": _POSITIVE,
+    "data.debian.dev_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
     "data.shard_max_samples": _POSITIVE,
     "data.max_item_tokens": (lambda v: v >= 4, "must be >= 4"),
     "data.max_history": _POSITIVE,
@@ -352,6 +374,8 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
             )
     if not cfg.data.synthetic.languages:
         fail("data.synthetic.languages", "must list at least one language")
+    if not cfg.data.debian.languages:
+        fail("data.debian.languages", "must list at least one language")
     if not cfg.data.text_fields or any(f not in TEXT_FIELDS for f in cfg.data.text_fields):
         fail("data.text_fields", f"must be a non-empty list of {', '.join(TEXT_FIELDS)}")
     if cfg.model.hidden_size % cfg.model.num_heads:

@@ -11,8 +11,13 @@ log = logging.getLogger(__name__)
 
 
 def prepare_corpus(cfg: Config) -> Path:
-    """Return the corpus folder, generating the synthetic corpus there on first use."""
+    """Return the corpus folder, generating the synthetic corpus (or fetching and converting
+    the Debian catalog) there on first use."""
     root = cfg.corpus_dir
+    if cfg.data.source == "debian" and not (root / "corpus.json").is_file():
+        from mlrec.data.debian import prepare_catalog
+
+        prepare_catalog(cfg, root)
     if cfg.data.source == "synthetic" and not (root / "corpus.json").is_file():
         from mlrec.data.synthetic import generate_corpus
 

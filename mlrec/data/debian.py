@@ -1,0 +1,585 @@
+"""A real multilingual item catalog: Debian's translated package descriptions, in MIND format.
+
+Debian translates package descriptions into some 20 languages by hand, and groups packages into
+metapackages (tasks and blends such as `games-strategy`, `science-mathematics`, `task-german`).
+That gives what a multilingual recommender needs, all real: items with categories, the same item
+in several languages, and baskets of items that belong together. `mlrec data` with
+`data.source: debian` fetches apt's package lists and converts them.
+
+Fetching (`fetch_lists`): `apt-get update` with a private `Dir::State::Lists` and `Dir::Cache`
+and `Acquire::Languages=<data.debian.languages>`, so the system's own apt state is untouched;
+it needs root and the Debian mirrors in the machine's apt sources. The list files are usually
+lz4-compressed: `/usr/lib/apt/apt-helper cat-file` reads them. A language code's `_` is written
+`%5f` in the file name (`Translation-pt%5fBR`).
+
+Items (`news/<lang>.tsv`, 8 MIND columns; one file per language, xMIND style):
+- nid: the package name, the same in every language; a package without a translation into a
+  language is absent from that language's file.
+- category: the package's Section without its `contrib/`, `non-free/` or `non-free-firmware/`
+  prefix.
+- subcategory: the first debtags tag (the `Tag:` field, in its sorted order) whose facet names a
+  topic (`game::arcade`, `field::mathematics`, `use::learning`, `works-with::audio`), skipping
+  facets that describe the build rather than the subject (`role`, `interface`,
+  `implemented-in`, `uitoolkit`, `scope`, `suite`, `made-of`, `special`, `x11`); else the
+  section.
+- title: the first line of `Description-<lang>`; abstract: the long description, its lines
+  joined by spaces (the ` .` paragraph breaks too).
+- Dropped, not items: libraries, development, debug and documentation packages (sections
+  `libs`, `libdevel`, `oldlibs`, `debug`, `doc`, `introspection`; names starting with `lib`,
+  or ending in `-dev`, `-dbg`, `-dbgsym` or `-doc`); the sections of one programming
+  language's modules (`python`, `perl`, `ruby`, `javascript`, `php`, `gnu-r`, `golang`,
+  `rust`, `haskell`, `ocaml`, `java`, `lisp`, `cli-mono`: `python3-*`, `r-cran-*`, `node-*`
+  and the like, thousands of near-identical library descriptions, with the few programs filed
+  there); and the metapackages themselves (sections `metapackages` and `tasks`, or the debtag
+  `role::metapackage`), which become sessions.
+
+Sessions (`train/behaviors.tsv`, `dev/behaviors.tsv`, 5 MIND columns; item refs `nid@lang`):
+- A basket is a metapackage's Depends + Recommends + Suggests, in that order, each group's first
+  alternative that is an item, without duplicates. A basket with at least `MIN_BASKET` (5)
+  members in a language gives `sessions_per_basket` sessions in that language.
+- Session i of basket B in language L shuffles B's members in L with a generator seeded by
+  (seed, B, L, i); the first n_pos = clamp(n // 4, 1, 5) are the clicked items (label 1), the
+  next ones, at most `MAX_HISTORY` (50), the history. Each positive gets `NEGATIVES` (4)
+  negatives (label 0) drawn from the items in L whose section no member of B has. The impression
+  list is shuffled with the same generator. The user id is `B`, the time is empty.
+- Split: a whole basket goes to dev when the first 8 hex digits of sha1(seed/B) fall below
+  `dev_fraction`; all its sessions in every language go there, so dev measures how well the
+  model completes groupings it never trained on.
+Impression ids are consecutive per file, in basket and language order. Same lists and seed give
+byte-identical files.
+
+Every record read is accounted for in `corpus.json` (per list file: records = kept + dropped by
+reason), with the counts of items per language, sections, baskets and sessions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+from mlrec.config import Config
+from mlrec.data.rows import DataError
+
+log = logging.getLogger(__name__)
+
+MIN_BASKET = 5  # members a basket needs in a language to give sessions there
+MAX_HISTORY = 50
+NEGATIVES = 4  # negatives per positive
+APT_HELPER = "/usr/lib/apt/apt-helper"
+
+NON_ITEM_SECTIONS = {"libs", "libdevel", "oldlibs", "debug", "doc", "introspection"}
+# modules of one programming language (python3-*, r-cran-*, node-*, ...): libraries too
+LANGUAGE_LIBRARY_SECTIONS = {
+    "cli-mono",
+    "gnu-r",
+    "golang",
+    "haskell",
+    "java",
+    "javascript",
+    "lisp",
+    "ocaml",
+    "perl",
+    "php",
+    "python",
+    "ruby",
+    "rust",
+}
+BASKET_SECTIONS = {"metapackages", "tasks"}
+NON_ITEM_SUFFIXES = ("-dev", "-dbg", "-dbgsym", "-doc")
+NON_TOPIC_FACETS = {
+    "role",
+    "interface",
+    "implemented-in",
+    "uitoolkit",
+    "scope",
+    "suite",
+    "made-of",
+    "special",
+    "x11",
+}
+_COMPRESSED = (".lz4", ".gz", ".xz", ".zst", ".bz2", ".lzma")
+_SECTION_PREFIX = re.compile(r"^(contrib|non-free|non-free-firmware)/")
+
+# Reasons a Packages record is not an item (the keys of corpus.json's `dropped` counts).
+LIBRARY = "library, development, debug or documentation package"
+BASKET = "metapackage (a basket, not an item)"
+DUPLICATE = "package already read from another list"
+INCOMPLETE = "no Package or Description-md5 field"
+UNUSED = "translation of no kept package"
+
+
+@dataclass
+class Package:
+    name: str
+    section: str
+    md5: str
+    tags: list[str] = field(default_factory=list)
+    relations: list[list[str]] = field(default_factory=list)  # Depends+Recommends+Suggests
+
+    @property
+    def is_basket(self) -> bool:
+        return self.section in BASKET_SECTIONS or "role::metapackage" in self.tags
+
+    @property
+    def is_library(self) -> bool:
+        return (
+            self.section in NON_ITEM_SECTIONS
+            or self.section in LANGUAGE_LIBRARY_SECTIONS
+            or self.name.startswith("lib")
+            or self.name.endswith(NON_ITEM_SUFFIXES)
+        )
+
+    @property
+    def subcategory(self) -> str:
+        for tag in self.tags:
+            facet, sep, _ = tag.partition("::")
+            if sep and facet not in NON_TOPIC_FACETS:
+                return tag
+        return self.section
+
+
+@dataclass(frozen=True)
+class Item:
+    nid: str
+    category: str
+    subcategory: str
+    title: str
+    abstract: str
+
+
+# ---------------------------------------------------------------------------- fetching
+
+
+def fetch_lists(lists_dir: str | Path, languages: list[str]) -> Path:
+    """The folder holding the list files: `lists_dir` itself when it already holds some (for
+    example /var/lib/apt/lists), else `lists_dir/lists`, filled by a private `apt-get update`."""
+    lists_dir = Path(lists_dir)
+    if list_files(lists_dir)[0]:
+        return lists_dir
+    if (lists_dir / "fetched.json").is_file():
+        return lists_dir / "lists"
+    if not shutil.which("apt-get"):
+        raise DataError("data.source debian needs apt-get (a Debian or Ubuntu machine)")
+    if os.geteuid() != 0:
+        raise DataError(
+            f"fetching the Debian lists needs root (apt-get update); run `mlrec data` as root, "
+            f"or fetch them yourself into {lists_dir} with the command in mlrec/data/debian.py"
+        )
+    (lists_dir / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (lists_dir / "cache").mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "apt-get",
+        "-q",
+        "-o",
+        f"Dir::State::Lists={lists_dir / 'lists'}",
+        "-o",
+        f"Dir::Cache={lists_dir / 'cache'}",
+        "-o",
+        f"Acquire::Languages={','.join(languages)}",
+        "update",
+    ]
+    log.info("fetching Debian package lists: %s", " ".join(cmd))
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    packages, _ = list_files(lists_dir / "lists")
+    if done.returncode or not packages:
+        raise DataError(
+            f"apt-get update into {lists_dir} failed (exit {done.returncode}): "
+            f"{done.stderr.strip()[-500:]}"
+        )
+    (lists_dir / "fetched.json").write_text(
+        json.dumps({"languages": languages, "seconds": round(time.perf_counter() - start, 1)})
+    )
+    return lists_dir / "lists"
+
+
+def list_files(folder: str | Path) -> tuple[list[Path], dict[str, list[Path]]]:
+    """The Packages files and, per language, the Translation files of an apt lists folder."""
+    packages, translations = [], {}
+    for path in sorted(Path(folder).glob("*")):
+        name = unquote(_strip_compression(path.name))
+        if not path.is_file():
+            continue
+        if re.search(r"_binary-[^_]+_Packages$", name):
+            packages.append(path)
+        elif m := re.search(r"_i18n_Translation-([A-Za-z_]+)$", name):
+            translations.setdefault(m.group(1), []).append(path)
+    return packages, translations
+
+
+def _strip_compression(name: str) -> str:
+    for suffix in _COMPRESSED:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_lines(path: Path) -> Iterator[str]:
+    """Lines of a list file, decompressed by apt-helper when the name says it is compressed."""
+    if path.name.endswith(_COMPRESSED):
+        proc = subprocess.Popen(
+            [APT_HELPER, "cat-file", str(path)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        with proc.stdout:
+            yield from proc.stdout
+        if proc.wait():
+            raise DataError(f"{path}: {APT_HELPER} cat-file failed (exit {proc.returncode})")
+    else:
+        with open(path, encoding="utf-8") as handle:
+            yield from handle
+
+
+# ---------------------------------------------------------------------------- parsing
+
+
+def paragraphs(lines: Iterable[str]) -> Iterator[dict[str, str]]:
+    """RFC 822-style records: `Field: value`, continuation lines kept (with their leading space)
+    after a newline, records separated by blank lines. Field names are case-insensitive (lower)."""
+    record: dict[str, str] = {}
+    key = ""
+    for line in lines:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            if record:
+                yield record
+            record, key = {}, ""
+        elif line[0] in " \t":
+            if key:
+                record[key] += "\n" + line
+        else:
+            key, _, value = line.partition(":")
+            key = key.strip().lower()
+            record[key] = value.strip()
+    if record:
+        yield record
+
+
+def parse_description(text: str) -> tuple[str, str]:
+    """(title, abstract) of a Description field: the first line, then the long text with its
+    lines and ` .` paragraph breaks joined by spaces (tabs too: TSV cells)."""
+    first, _, rest = text.partition("\n")
+    long_lines = [ln.strip() for ln in rest.split("\n")]
+    words = " ".join(ln for ln in long_lines if ln and ln != ".")
+    return _clean(first), _clean(words)
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.replace("\t", " ").split())
+
+
+def parse_relations(record: dict[str, str]) -> list[list[str]]:
+    """Depends, Recommends, Suggests as alternative groups of bare package names."""
+    groups = []
+    for key in ("depends", "recommends", "suggests"):
+        for group in record.get(key, "").replace("\n", " ").split(","):
+            names = [re.split(r"[\s(:\[]", alt.strip(), maxsplit=1)[0] for alt in group.split("|")]
+            if names := [n for n in names if n]:
+                groups.append(names)
+    return groups
+
+
+def section(raw: str) -> str:
+    return _SECTION_PREFIX.sub("", raw.strip()) or "misc"
+
+
+def read_packages(paths: list[Path], stats: dict[str, Any]) -> dict[str, Package]:
+    """Every package of the Packages files (first list wins for a name read twice)."""
+    packages: dict[str, Package] = {}
+    for path in paths:
+        counts = _file_stats(stats, path)
+        for record in paragraphs(read_lines(path)):
+            counts["records"] += 1
+            name, md5 = record.get("package", ""), record.get("description-md5", "")
+            if not name or not md5:
+                _drop(counts, INCOMPLETE)
+            elif name in packages:
+                _drop(counts, DUPLICATE)
+            else:
+                counts["kept"] += 1
+                tags = [t.strip() for t in record.get("tag", "").replace("\n", " ").split(",")]
+                packages[name] = Package(
+                    name,
+                    section(record.get("section", "")),
+                    md5,
+                    [t for t in tags if t],
+                    parse_relations(record),
+                )
+    return packages
+
+
+def read_translations(
+    paths: list[Path], lang: str, wanted: set[str], stats: dict[str, Any]
+) -> dict[str, tuple[str, str]]:
+    """Description-md5 -> (title, abstract) in `lang`, for the md5s in `wanted`."""
+    out: dict[str, tuple[str, str]] = {}
+    for path in paths:
+        counts = _file_stats(stats, path)
+        for record in paragraphs(read_lines(path)):
+            counts["records"] += 1
+            md5 = record.get("description-md5", "")
+            text = record.get(f"description-{lang.lower()}", "")
+            title, abstract = parse_description(text)
+            if not md5 or not title:
+                _drop(counts, INCOMPLETE)
+            elif md5 not in wanted:
+                _drop(counts, UNUSED)
+            elif md5 in out:
+                _drop(counts, DUPLICATE)
+            else:
+                counts["kept"] += 1
+                out[md5] = (title, abstract)
+    return out
+
+
+def _file_stats(stats: dict[str, Any], path: Path) -> dict[str, Any]:
+    return stats.setdefault(str(path), {"records": 0, "kept": 0, "dropped": {}})
+
+
+def _drop(counts: dict[str, Any], reason: str) -> None:
+    counts["dropped"][reason] = counts["dropped"].get(reason, 0) + 1
+
+
+# ---------------------------------------------------------------------------- converting
+
+
+def build_items(
+    packages: dict[str, Package], descriptions: dict[str, dict[str, tuple[str, str]]]
+) -> dict[str, dict[str, Item]]:
+    """language -> nid -> Item, for every kept package that has a description in that language."""
+    items: dict[str, dict[str, Item]] = {}
+    for lang, by_md5 in descriptions.items():
+        mine = items.setdefault(lang, {})
+        for pkg in packages.values():
+            if pkg.md5 in by_md5:
+                title, abstract = by_md5[pkg.md5]
+                mine[pkg.name] = Item(pkg.name, pkg.section, pkg.subcategory, title, abstract)
+    return items
+
+
+def item_packages(packages: dict[str, Package], stats: dict[str, Any]) -> dict[str, Package]:
+    """The packages that are catalog items; the others are counted in `stats` by reason."""
+    kept = {}
+    reasons: Counter[str] = Counter()
+    for name, pkg in packages.items():
+        if pkg.is_basket:
+            reasons[BASKET] += 1
+        elif pkg.is_library:
+            reasons[LIBRARY] += 1
+        else:
+            kept[name] = pkg
+    stats["packages"] = {"read": len(packages), "items": len(kept), "not items": dict(reasons)}
+    return kept
+
+
+def baskets(packages: dict[str, Package], is_item: set[str]) -> dict[str, list[str]]:
+    """Metapackage -> its member items (first item alternative of each group, no duplicates)."""
+    out = {}
+    for name in sorted(packages):
+        pkg = packages[name]
+        if not pkg.is_basket:
+            continue
+        members: list[str] = []
+        for group in pkg.relations:
+            first = next((n for n in group if n in is_item), None)
+            if first and first not in members:
+                members.append(first)
+        if len(members) >= MIN_BASKET:
+            out[name] = members
+    return out
+
+
+@dataclass(frozen=True)
+class Session:
+    basket: str
+    lang: str
+    history: list[str]
+    impressions: list[tuple[str, int]]
+
+    def row(self, impression_id: int) -> str:
+        history = " ".join(f"{n}@{self.lang}" for n in self.history)
+        shown = " ".join(f"{n}@{self.lang}-{label}" for n, label in self.impressions)
+        return f"{impression_id}\t{self.basket}\t\t{history}\t{shown}\n"
+
+
+def build_sessions(
+    members: dict[str, list[str]],
+    items: dict[str, dict[str, Item]],
+    *,
+    sessions_per_basket: int,
+    dev_fraction: float,
+    seed: int,
+) -> dict[str, list[Session]]:
+    """split -> sessions, by the rules in the module docstring."""
+    split: dict[str, list[Session]] = {"train": [], "dev": []}
+    pools = {  # language -> section -> sorted nids, for negatives
+        lang: _by_section(by_nid) for lang, by_nid in items.items()
+    }
+    for basket, names in members.items():
+        digest = hashlib.sha1(f"{seed}/{basket}".encode()).hexdigest()
+        target = split["dev" if int(digest[:8], 16) / 16**8 < dev_fraction else "train"]
+        for lang in sorted(items):
+            present = [n for n in names if n in items[lang]]
+            if len(present) < MIN_BASKET:
+                continue
+            sections = {items[lang][n].category for n in present}
+            pool = [n for sec, nids in pools[lang].items() if sec not in sections for n in nids]
+            for i in range(sessions_per_basket):
+                rng = random.Random(f"{seed}/{basket}/{lang}/{i}")
+                order = present[:]
+                rng.shuffle(order)
+                n_pos = min(5, max(1, len(order) // 4))
+                positives, history = order[:n_pos], order[n_pos : n_pos + MAX_HISTORY]
+                negatives = rng.sample(pool, min(len(pool), NEGATIVES * n_pos))
+                shown = [(n, 1) for n in positives] + [(n, 0) for n in negatives]
+                rng.shuffle(shown)
+                target.append(Session(basket, lang, history, shown))
+    return split
+
+
+def _by_section(by_nid: dict[str, Item]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for nid in sorted(by_nid):
+        out.setdefault(by_nid[nid].category, []).append(nid)
+    return out
+
+
+def write_corpus(
+    root: Path, items: dict[str, dict[str, Item]], sessions: dict[str, list[Session]]
+) -> None:
+    (root / "news").mkdir(parents=True, exist_ok=True)
+    for lang, by_nid in sorted(items.items()):
+        with open(root / "news" / f"{lang}.tsv", "w", encoding="utf-8", newline="\n") as fh:
+            for nid in sorted(by_nid):
+                it = by_nid[nid]
+                fh.write(
+                    f"{nid}\t{it.category}\t{it.subcategory}\t{it.title}\t{it.abstract}\t\t\t\n"
+                )
+    for name, rows in sessions.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        with open(root / name / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh:
+            for i, session in enumerate(rows, start=1):
+                fh.write(session.row(i))
+
+
+def convert(
+    lists: str | Path,
+    root: str | Path,
+    languages: list[str],
+    *,
+    sessions_per_basket: int = 3,
+    dev_fraction: float = 0.1,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Convert an apt lists folder into a MIND-format corpus in `root`; return corpus.json's
+    content (also written there)."""
+    start = time.perf_counter()
+    root = Path(root)
+    package_files, translation_files = list_files(lists)
+    missing = [lang for lang in languages if lang not in translation_files]
+    if not package_files or len(missing) == len(languages):
+        raise DataError(
+            f"{lists}: no Packages file or no Translation file for {', '.join(languages)}: "
+            "fetch the lists first (fetch_lists, or `mlrec data` as root)"
+        )
+    if missing:
+        log.warning("no Translation file for %s in %s", ", ".join(missing), lists)
+    langs = [lang for lang in languages if lang in translation_files]
+    files: dict[str, Any] = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=1 + len(langs), unit="list", desc="debian lists")
+    packages = read_packages(package_files, files)
+    if bar is not None:
+        bar.update()
+    stats: dict[str, Any] = {}
+    kept = item_packages(packages, stats)
+    wanted = {p.md5 for p in kept.values()}
+    descriptions = {}
+    for lang in langs:
+        if bar is not None:
+            bar.set_postfix_str(lang)
+        descriptions[lang] = read_translations(translation_files[lang], lang, wanted, files)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    items = {lang: by_nid for lang, by_nid in build_items(kept, descriptions).items() if by_nid}
+    with_text = set().union(*(set(by_nid) for by_nid in items.values())) if items else set()
+    members = baskets(packages, with_text)
+    sessions = build_sessions(
+        members,
+        items,
+        sessions_per_basket=sessions_per_basket,
+        dev_fraction=dev_fraction,
+        seed=seed,
+    )
+    write_corpus(root, items, sessions)
+    sections = Counter(it.category for by_nid in items.values() for it in by_nid.values())
+    meta = {
+        "source": "debian",
+        "lists": str(lists),
+        "languages": sorted(items),
+        "items": {lang: len(by_nid) for lang, by_nid in sorted(items.items())},
+        "distinct_items": len(with_text),
+        "sections": dict(sections.most_common()),
+        "baskets": len(members),
+        "sessions": {name: len(rows) for name, rows in sessions.items()},
+        "sessions_by_language": {
+            name: dict(Counter(s.lang for s in rows).most_common())
+            for name, rows in sessions.items()
+        },
+        "params": {
+            "sessions_per_basket": sessions_per_basket,
+            "dev_fraction": dev_fraction,
+            "seed": seed,
+            "min_basket": MIN_BASKET,
+            "negatives": NEGATIVES,
+        },
+        **stats,
+        "files": files,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (root / "corpus.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    return meta
+
+
+def prepare_catalog(cfg: Config, root: Path) -> dict[str, Any]:
+    """`mlrec data` for `data.source: debian`: fetch the lists (unless cached), convert them."""
+    deb = cfg.data.debian
+    lists = fetch_lists(deb.lists_dir or root / "apt-lists", deb.languages)
+    meta = convert(
+        lists,
+        root,
+        deb.languages,
+        sessions_per_basket=deb.sessions_per_basket,
+        dev_fraction=deb.dev_fraction,
+        seed=deb.seed,
+        progress=True,
+    )
+    log.info(
+        "Debian catalog in %s: %d items in %d languages, %d baskets, %s sessions (%.1f s)",
+        root,
+        meta["distinct_items"],
+        len(meta["languages"]),
+        meta["baskets"],
+        meta["sessions"],
+        meta["seconds"],
+    )
+    return meta
