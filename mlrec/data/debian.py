@@ -26,11 +26,12 @@ Items (`news/<lang>.tsv`, 8 MIND columns; one file per language, xMIND style):
   joined by spaces (the ` .` paragraph breaks too).
 - Dropped, not items: libraries, development, debug and documentation packages (sections
   `libs`, `libdevel`, `oldlibs`, `debug`, `doc`, `introspection`; names starting with `lib`,
-  or ending in `-dev`, `-dbg`, `-dbgsym` or `-doc`); the sections of one programming
-  language's modules (`python`, `perl`, `ruby`, `javascript`, `php`, `gnu-r`, `golang`,
-  `rust`, `haskell`, `ocaml`, `java`, `lisp`, `cli-mono`: `python3-*`, `r-cran-*`, `node-*`
-  and the like, thousands of near-identical library descriptions, with the few programs filed
-  there); and the metapackages themselves (sections `metapackages` and `tasks`, or the debtag
+  which takes a library's tools such as `libfoo-bin` too, `libreoffice*` excepted; names ending
+  in `-dev`, `-dbg`, `-dbgsym` or `-doc`); the sections of one programming language's modules
+  (`python`, `perl`, `ruby`, `javascript`, `php`, `gnu-r`, `golang`, `rust`, `haskell`,
+  `ocaml`, `java`, `lisp`, `cli-mono`: `python3-*`, `r-cran-*`, `node-*` and the like,
+  thousands of near-identical library descriptions, with the few programs filed there); and the
+  metapackages themselves (sections `metapackages` and `tasks`, or the debtag
   `role::metapackage`), which become sessions.
 
 Sessions (`train/behaviors.tsv`, `dev/behaviors.tsv`, 5 MIND columns; item refs `nid@lang`):
@@ -40,8 +41,9 @@ Sessions (`train/behaviors.tsv`, `dev/behaviors.tsv`, 5 MIND columns; item refs 
 - Session i of basket B in language L shuffles B's members in L with a generator seeded by
   (seed, B, L, i); the first n_pos = clamp(n // 4, 1, 5) are the clicked items (label 1), the
   next ones, at most `MAX_HISTORY` (50), the history. Each positive gets `NEGATIVES` (4)
-  negatives (label 0) drawn from the items in L whose section no member of B has. The impression
-  list is shuffled with the same generator. The user id is `B`, the time is empty.
+  negatives (label 0) drawn from the items in L whose section no member of B has (fewer when
+  L has fewer such items; no session when it has none). The impression list is shuffled with the
+  same generator. The user id is `B`, the time is empty.
 - Split: a whole basket goes to dev when the first 8 hex digits of sha1(seed/B) fall below
   `dev_fraction`; all its sessions in every language go there, so dev measures how well the
   model completes groupings it never trained on.
@@ -138,7 +140,7 @@ class Package:
         return (
             self.section in NON_ITEM_SECTIONS
             or self.section in LANGUAGE_LIBRARY_SECTIONS
-            or self.name.startswith("lib")
+            or (self.name.startswith("lib") and not self.name.startswith("libreoffice"))
             or self.name.endswith(NON_ITEM_SUFFIXES)
         )
 
@@ -444,6 +446,8 @@ def build_sessions(
                 n_pos = min(5, max(1, len(order) // 4))
                 positives, history = order[:n_pos], order[n_pos : n_pos + MAX_HISTORY]
                 negatives = rng.sample(pool, min(len(pool), NEGATIVES * n_pos))
+                if not negatives:
+                    break  # every item in this language shares a section with the basket
                 shown = [(n, 1) for n in positives] + [(n, 0) for n in negatives]
                 rng.shuffle(shown)
                 target.append(Session(basket, lang, history, shown))
