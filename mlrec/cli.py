@@ -24,6 +24,7 @@ STAGES = {
     "export": "merge adapters, save the model in Hugging Face format and as checked ONNX",
     "serve": "answer ranking requests over HTTP for an export (FastAPI on uvicorn)",
     "align": "align an item encoder across languages on parallel text (teacher distillation)",
+    "distill": "train a small student recommender on a teacher recommender's outputs",
     "quickstart": "all of the above on the built-in multilingual corpus, on one CPU",
 }
 
@@ -45,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
         if name == "shard":
             _shard_options(sub)
+        if name == "distill":
+            sub.add_argument(
+                "--cache-teacher",
+                action="store_true",
+                help="only write the teacher's outputs next to the shards (distill.mode=offline)",
+            )
         if name == "serve":
             sub.add_argument(
                 "run", nargs="?", type=Path, help="an export folder (uses its mlrec_config.yaml)"
@@ -156,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             pipeline.shard(
                 cfg, workers=args.workers, part=args.slice, step=step, inspect=args.inspect
             )
+        elif args.stage == "distill":
+            pipeline.distill(cfg, cache_teacher=args.cache_teacher)
         else:
             getattr(pipeline, args.stage)(cfg)
     except (ConfigError, DataError, FileNotFoundError) as err:

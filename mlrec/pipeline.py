@@ -70,9 +70,12 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def _restored(cfg: Config):
+    from mlrec.distill.recommend import MARKER, Distiller
     from mlrec.train.trainer import Trainer
 
-    trainer = Trainer(cfg)
+    # a distilled run's checkpoints also hold the student's projection head
+    distilled = (Path(cfg.run_dir) / MARKER).is_file()
+    trainer = Distiller(cfg) if distilled else Trainer(cfg)
     if not trainer.restore("latest", to_train=False):
         trainer.close()
         raise FileNotFoundError(
@@ -126,6 +129,28 @@ def export_onnx_checked(cfg: Config, out: Path) -> None:
 
         dim = cfg.model.projection_dim or report["dim"]
         log.info("Triton model repository: %s", write_triton_repository(out, dim))
+
+
+def align(cfg: Config) -> dict[str, Any]:
+    """Cross-lingual alignment of an item encoder on parallel text (see mlrec.distill.align)."""
+    from mlrec.distill.align import align as run_align
+
+    return run_align(cfg)
+
+
+def distill(cfg: Config, *, cache_teacher: bool = False) -> dict[str, Any] | None:
+    """Train a student recommender on a teacher's outputs (see mlrec.distill.recommend), or
+    with `cache_teacher` only write the teacher's outputs next to the shards (offline mode)."""
+    from mlrec.distill import recommend
+
+    if cache_teacher:
+        recommend.cache_teacher(cfg)
+        return None
+    trainer = recommend.Distiller(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()
 
 
 def serve(cfg: Config) -> None:

@@ -30,6 +30,7 @@ from mlrec.evaluation import METRICS, format_table
 from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
 from mlrec.models.recommender import Recommender, build_recommender
 from mlrec.models.tokenizer import load_tokenizer
+from mlrec.train import adalora_deepspeed
 from mlrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mlrec.train.evaluate import evaluate
 from mlrec.train.signals import Preempted, StopSignals
@@ -79,14 +80,7 @@ class Trainer:
         self.manifest = load_manifest(cfg.shards_dir)
         self.pad_id = self.manifest["tokenizer"]["pad_token_id"]
         self.tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
-        model = build_recommender(cfg.model, len(self.tokenizer), self.pad_id)
-        model.item_encoder.backbone = adapt_backbone(
-            model.item_encoder.backbone, cfg.adapter, cfg.train.steps
-        )
-        if cfg.train.gradient_checkpointing:
-            model.item_encoder.backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+        model = self.build_model()
         # AdaLoRA reallocates ranks itself, every step, from the peft model (not the DDP wrapper)
         self.adalora = model.item_encoder.backbone if cfg.adapter.method == "adalora" else None
         params = [p for p in model.parameters() if p.requires_grad]
@@ -98,6 +92,7 @@ class Trainer:
             num_training_steps=cfg.train.steps,
         )
         plugin = self.accelerator.state.deepspeed_plugin
+        self.deepspeed = plugin is not None
         if plugin is not None:
             # DeepSpeed sizes its batch from a prepared DataLoader, which mlrec never hands over
             # (see mlrec.data.loader), so it is told the micro-batch here.
@@ -119,6 +114,19 @@ class Trainer:
         trainable = sum(p.numel() for p in params)
         total = sum(p.numel() for p in model.parameters())
         log.info("model: %d parameters, %d trainable (%s)", total, trainable, cfg.adapter.method)
+
+    def build_model(self) -> Recommender:
+        """The recommender to train, adapters applied (mlrec.distill's Distiller adds to it)."""
+        cfg = self.cfg
+        model = build_recommender(cfg.model, len(self.tokenizer), self.pad_id)
+        model.item_encoder.backbone = adapt_backbone(
+            model.item_encoder.backbone, cfg.adapter, cfg.train.steps
+        )
+        if cfg.train.gradient_checkpointing:
+            model.item_encoder.backbone.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        return model
 
     @property
     def writer(self):
@@ -259,14 +267,20 @@ class Trainer:
             batch = next(batches)
             with self.accelerator.accumulate(self.model), self.accelerator.autocast():
                 loss = self.compute_loss(batch)
-                self.accelerator.backward(loss)
-                if self.accelerator.sync_gradients:
+                sync = self.accelerator.sync_gradients
+                if self.adalora is not None and self.deepspeed:
+                    adalora_deepspeed.backward_and_step(
+                        self.model, self.adalora, loss, sync, self.step
+                    )
+                else:
+                    self.accelerator.backward(loss)
+                if sync:
                     grad_norm = self.accelerator.clip_grad_norm_(
                         self.model.parameters(), self.cfg.train.max_grad_norm or math.inf
                     )
                     self.optimizer.step()
                     self.scheduler.step()
-                    if self.adalora is not None:
+                    if self.adalora is not None and not self.deepspeed:
                         # prunes ranks from the gradients' sensitivity: after the step, before
                         # the gradients are cleared (peft's documented order)
                         self.adalora.base_model.update_and_allocate(self.step)
@@ -289,7 +303,8 @@ class Trainer:
             "memory_mb": peak_memory_mb(),
         }
         if self.adalora is not None:
-            stats["adalora_rank"] = float(adalora_rank(self.adalora))
+            rank = adalora_deepspeed.kept_rank if self.deepspeed else adalora_rank
+            stats["adalora_rank"] = float(rank(self.adalora))
         return stats
 
     def log_step(self, window: list[dict[str, float]]) -> None:

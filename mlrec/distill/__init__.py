@@ -1,0 +1,2 @@
+"""Cross-lingual alignment (multilingual distillation on parallel text), recommendation
+distillation (teacher recommender -> student), and xMIND's cross-lingual transfer protocol."""

