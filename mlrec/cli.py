@@ -25,6 +25,8 @@ STAGES = {
     "serve": "answer ranking requests over HTTP for an export (FastAPI on uvicorn)",
     "align": "align an item encoder across languages on parallel text (teacher distillation)",
     "distill": "train a small student recommender on a teacher recommender's outputs",
+    "xling": "rewrite the corpus for xMIND's zero-/few-shot cross-lingual transfer protocol",
+    "report": "per-language table and charts of AUC/nDCG and retrieval, comparing runs",
     "quickstart": "all of the above on the built-in multilingual corpus, on one CPU",
 }
 
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name, help_text in STAGES.items():
         sub = stages.add_parser(name, help=help_text, description=help_text)
+        if name == "report":  # reads finished runs; no config of its own
+            sub.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+            sub.add_argument("--out", type=Path, default=Path("report"), help="output folder")
+            continue
         sub.add_argument("--config", type=Path, help="YAML config (default: built-in quickstart)")
         if name in ("evaluate", "export"):
             sub.add_argument(
@@ -153,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     try:
+        if args.stage == "report":
+            from mlrec.report import write_report
+
+            print(f"report: {write_report(args.runs, args.out)}")
+            return 0
         cfg = _config(args)
         from mlrec import pipeline
 

@@ -153,6 +153,13 @@ def distill(cfg: Config, *, cache_teacher: bool = False) -> dict[str, Any] | Non
         trainer.close()
 
 
+def xling(cfg: Config) -> Path:
+    """xMIND's transfer protocol: the corpus rewritten for ZS-/FS-XLT (mlrec.distill.xling)."""
+    from mlrec.distill.xling import rewrite_corpus
+
+    return rewrite_corpus(cfg)
+
+
 def serve(cfg: Config) -> None:
     """Answer ranking requests for the export in cfg.export_dir (see mlrec.serve.app)."""
     from mlrec.serve.app import serve as run_server

@@ -1,0 +1,131 @@
+"""xMIND's cross-lingual transfer protocol, as a rewrite of a MIND-format corpus whose news ids
+are shared across languages (news/<lang>.tsv, as xMIND and the synthetic corpus lay them out).
+
+- ZS-XLT: every training reference is rewritten `nid@<source>`: the recommender is trained on
+  one language only. The dev impressions are written once per language (source and each target)
+  with their candidates in that language, so the existing per-language evaluation reports the
+  source AUC and each target's AUC side by side; their difference is the transfer gap.
+- FS-XLT (`xling.few_shot_fraction`): that fraction of news ids (a stable hash) is shown in a
+  target language in training (the target picked by hash too).
+- Bilingual consumption (`xling.history_target_fraction` < 1): in each dev copy only that
+  fraction of the history (by hash) is in the target language, the rest in the source.
+
+The rewritten corpus is written to `xling.out_dir`; train on it with
+`data.source=mind data.dir=<out_dir>`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlrec.config import Config, ConfigError
+from mlrec.data.corpus import behaviors_file, news_files, prepare_corpus
+
+log = logging.getLogger(__name__)
+
+RECORD = "xling.json"
+
+
+def out_dir(cfg: Config) -> Path:
+    return Path(cfg.xling.out_dir) if cfg.xling.out_dir else Path(cfg.run_dir) / "xling-corpus"
+
+
+def _unit(*parts: object) -> float:
+    """A stable number in [0, 1) from the parts (the same in every run and process)."""
+    digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _rewrite_row(line: str, history_lang, candidate_lang, imp_id: int) -> str:
+    cols = line.rstrip("\n").split("\t")
+    history = [f"{nid}@{history_lang(nid)}" for nid in (t.split("@")[0] for t in cols[3].split())]
+    impressions = []
+    for token in cols[4].split():
+        ref, _, label = token.rpartition("-")
+        nid = ref.split("@")[0]
+        impressions.append(f"{nid}@{candidate_lang(nid)}-{label}")
+    return "\t".join([str(imp_id), cols[1], cols[2], " ".join(history), " ".join(impressions)])
+
+
+def rewrite_corpus(cfg: Config) -> Path:
+    """Write the protocol's corpus (see the module docstring); returns its folder."""
+    xcfg = cfg.xling
+    prepare_corpus(cfg)
+    languages = sorted(news_files(cfg))
+    src = xcfg.source_language
+    targets = xcfg.target_languages or [lang for lang in languages if lang != src]
+    missing = [lang for lang in [src, *targets] if lang not in languages]
+    if missing:
+        raise ConfigError(
+            f"xling: no news/<lang>.tsv for {', '.join(missing)} in {cfg.corpus_dir} "
+            f"(it has {', '.join(languages)})"
+        )
+    out = out_dir(cfg)
+    (out / "news").mkdir(parents=True, exist_ok=True)
+    files = news_files(cfg)
+    for lang in [src, *targets]:
+        paths = files[lang]
+        if len(paths) != 1:
+            raise ConfigError(f"xling needs one news file per language; {lang} has {len(paths)}")
+        shutil.copy(paths[0], out / "news" / f"{lang}.tsv")
+
+    def few_shot(nid: str) -> str:
+        if _unit("fs", nid) < xcfg.few_shot_fraction:
+            return targets[int(_unit("fs-lang", nid) * len(targets))]
+        return src
+
+    counts: dict[str, Any] = {"train": 0, "dev": {}}
+    (out / "train").mkdir(exist_ok=True)
+    with (
+        open(behaviors_file(cfg, "train"), encoding="utf-8") as rows,
+        open(out / "train" / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh,
+    ):
+        for line in rows:
+            if line.strip():
+                counts["train"] += 1
+                fh.write(_rewrite_row(line, few_shot, few_shot, counts["train"]) + "\n")
+    (out / "dev").mkdir(exist_ok=True)
+    dev_text = behaviors_file(cfg, "dev").read_text(encoding="utf-8")
+    dev_rows = [line for line in dev_text.splitlines() if line.strip()]
+    imp_id = 0
+    with open(out / "dev" / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh:
+        for lang in [src, *targets]:
+            for number, line in enumerate(dev_rows):
+
+                def history(nid: str, lang=lang, number=number) -> str:
+                    keep = _unit("bi", number, nid) < xcfg.history_target_fraction
+                    return lang if keep else src
+
+                imp_id += 1
+                fh.write(_rewrite_row(line, history, lambda _nid, lang=lang: lang, imp_id) + "\n")
+            counts["dev"][lang] = len(dev_rows)
+    record = {
+        "source_language": src,
+        "target_languages": targets,
+        "few_shot_fraction": xcfg.few_shot_fraction,
+        "history_target_fraction": xcfg.history_target_fraction,
+        "from": str(cfg.corpus_dir),
+        "impressions": counts,
+    }
+    (out / RECORD).write_text(json.dumps(record, indent=2))
+    log.info(
+        "transfer corpus (train in %s, dev in %s): %s; train on it with data.source=mind "
+        "data.dir=%s",
+        src,
+        ", ".join([src, *targets]),
+        out,
+        out,
+    )
+    return out
+
+
+def transfer_gaps(metrics: dict[str, Any], source: str, metric: str = "auc") -> dict[str, float]:
+    """Target-language metric minus the source language's, per target (negative: a loss)."""
+    by_lang = metrics["by_language"]
+    base = by_lang[source][metric]
+    return {lang: row[metric] - base for lang, row in sorted(by_lang.items()) if lang != source}
