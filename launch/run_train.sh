@@ -18,7 +18,8 @@
 #   STOP_TIMEOUT       seconds the ranks get to checkpoint after SIGUSR1/SIGTERM before the
 #                      launcher kills them (default: 300; keep it under the SLURM warning time)
 #
-# On a machine without GPUs the processes run on CPU over gloo (ACCELERATE_USE_CPU=true).
+# On a machine without GPUs the processes run on CPU over gloo (ACCELERATE_USE_CPU=true, or
+# DS_ACCELERATOR=cpu for a DeepSpeed config).
 # A run stopped by SIGUSR1/SIGTERM checkpoints at the next step boundary; its ranks exit 75.
 set -euo pipefail
 # defaults are found next to this script; paths the caller gives stay relative to their cwd
@@ -31,11 +32,6 @@ MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 NGPU=${NGPU:-$((gpus > 0 ? gpus : 1))}
-if [ "$gpus" -eq 0 ]; then
-  # accelerate's multi-GPU launcher then starts real processes on gloo (without it: one process)
-  export ACCELERATE_USE_CPU=true
-fi
-
 # The launcher catches these, forwards them to every rank and waits STOP_TIMEOUT for the
 # checkpoint; SIGUSR1 is SLURM's time-limit warning, and unlisted it would kill the launcher.
 export PET_SIGNALS_TO_HANDLE=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1
@@ -50,6 +46,17 @@ if [ -z "${ACCELERATE_CONFIG:-}" ]; then
     # One process needs no launcher, and accelerate's single-process one would neither forward
     # a stop signal to the trainer nor pass on its exit code (75: checkpointed, requeue me).
     exec "${PYTHON:-python}" -m mlrec.train --config "$CONFIG" "$@"
+  fi
+fi
+
+if [ "$gpus" -eq 0 ]; then
+  if grep -q '^distributed_type: DEEPSPEED' "$ACCELERATE_CONFIG"; then
+    # DeepSpeed runs on CPU through its own accelerator setting; ACCELERATE_USE_CPU would
+    # silently swap DeepSpeed for plain DDP
+    export DS_ACCELERATOR=cpu
+  else
+    # accelerate's multi-GPU launcher then starts real processes on gloo (without it: one process)
+    export ACCELERATE_USE_CPU=true
   fi
 fi
 

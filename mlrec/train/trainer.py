@@ -30,6 +30,7 @@ from mlrec.evaluation import METRICS, format_table
 from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
 from mlrec.models.recommender import Recommender, build_recommender
 from mlrec.models.tokenizer import load_tokenizer
+from mlrec.train import adalora_deepspeed
 from mlrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from mlrec.train.evaluate import evaluate
 from mlrec.train.signals import Preempted, StopSignals
@@ -91,6 +92,7 @@ class Trainer:
             num_training_steps=cfg.train.steps,
         )
         plugin = self.accelerator.state.deepspeed_plugin
+        self.deepspeed = plugin is not None
         if plugin is not None:
             # DeepSpeed sizes its batch from a prepared DataLoader, which mlrec never hands over
             # (see mlrec.data.loader), so it is told the micro-batch here.
@@ -265,14 +267,20 @@ class Trainer:
             batch = next(batches)
             with self.accelerator.accumulate(self.model), self.accelerator.autocast():
                 loss = self.compute_loss(batch)
-                self.accelerator.backward(loss)
-                if self.accelerator.sync_gradients:
+                sync = self.accelerator.sync_gradients
+                if self.adalora is not None and self.deepspeed:
+                    adalora_deepspeed.backward_and_step(
+                        self.model, self.adalora, loss, sync, self.step
+                    )
+                else:
+                    self.accelerator.backward(loss)
+                if sync:
                     grad_norm = self.accelerator.clip_grad_norm_(
                         self.model.parameters(), self.cfg.train.max_grad_norm or math.inf
                     )
                     self.optimizer.step()
                     self.scheduler.step()
-                    if self.adalora is not None:
+                    if self.adalora is not None and not self.deepspeed:
                         # prunes ranks from the gradients' sensitivity: after the step, before
                         # the gradients are cleared (peft's documented order)
                         self.adalora.base_model.update_and_allocate(self.step)
@@ -295,7 +303,8 @@ class Trainer:
             "memory_mb": peak_memory_mb(),
         }
         if self.adalora is not None:
-            stats["adalora_rank"] = float(adalora_rank(self.adalora))
+            rank = adalora_deepspeed.kept_rank if self.deepspeed else adalora_rank
+            stats["adalora_rank"] = float(rank(self.adalora))
         return stats
 
     def log_step(self, window: list[dict[str, float]]) -> None:

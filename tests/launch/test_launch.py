@@ -175,3 +175,19 @@ def test_script_is_shellcheck_clean(script):
     text = script.read_text()
     assert text.split("\n")[0] in ("#!/usr/bin/env bash", "#!/bin/bash")
     assert "set -euo pipefail" in text  # a failed step must fail the job, not run on
+
+
+def test_run_train_keeps_deepspeed_on_a_cpu_host(tmp_path):
+    """ACCELERATE_USE_CPU would silently turn a DeepSpeed run into plain DDP."""
+    cluster = FakeCluster(tmp_path)
+    run_train(
+        cluster,
+        "train.steps=3",
+        FAKE_GPUS="0",
+        NGPU="2",
+        ACCELERATE_CONFIG="launch/accelerate/deepspeed_zero3.yaml",
+    )
+    (argv,) = cluster.calls("accelerate")
+    assert argv[:3] == ["launch", "--config_file", "launch/accelerate/deepspeed_zero3.yaml"]
+    env = cluster.launcher_env(0)
+    assert env["DS_ACCELERATOR"] == "cpu" and "ACCELERATE_USE_CPU" not in env

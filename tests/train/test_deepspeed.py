@@ -109,6 +109,7 @@ def test_zero3_adapters_are_whole_and_reload_to_the_same_scores(
         DEEPSPEED_CPU,
         f"data.shards_dir={tiny_shards}",
         "train.steps=6",
+        "train.log_every=1",
         f"adapter.method={method}",
         f"model.name_or_path={pretrained_base}",
     )
@@ -119,6 +120,10 @@ def test_zero3_adapters_are_whole_and_reload_to_the_same_scores(
     if method == "adalora":
         saved = json.loads((adapter / "adapter_config.json").read_text())
         assert saved["peft_type"] == "ADALORA"
+        # ranks really were reallocated on the sharded weights: from 1.5 r down to the budget r
+        ranks = scalars(run / "tb", "train/adalora_rank")
+        modules = len(saved["rank_pattern"])
+        assert max(ranks.values()) > ranks[6] == saved["r"] * modules
 
     cfg = tiny_config(
         run,
