@@ -185,9 +185,9 @@ def test_run_train_keeps_deepspeed_on_a_cpu_host(tmp_path):
         "train.steps=3",
         FAKE_GPUS="0",
         NGPU="2",
-        ACCELERATE_CONFIG="launch/accelerate/deepspeed_zero3.yaml",
+        ACCELERATE_CONFIG=str(REPO / "launch" / "accelerate" / "deepspeed_zero3.yaml"),
     )
     (argv,) = cluster.calls("accelerate")
-    assert argv[:3] == ["launch", "--config_file", "launch/accelerate/deepspeed_zero3.yaml"]
+    assert argv[2].endswith("deepspeed_zero3.yaml")
     env = cluster.launcher_env(0)
     assert env["DS_ACCELERATOR"] == "cpu" and "ACCELERATE_USE_CPU" not in env

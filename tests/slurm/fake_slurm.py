@@ -51,7 +51,7 @@ if [ "$1" = "--signal=USR1" ]; then touch "$FAKE_DIR/usr1"; fi
 """,
     "accelerate": r"""
 record accelerate "$@"
-env | grep -E '^(ACCELERATE_USE_CPU|PET_SIGNALS_TO_HANDLE|TORCH_ELASTIC_SHUTDOWN_TIMEOUT)=' \
+env | grep -E '^(ACCELERATE_USE_CPU|DS_ACCELERATOR|PET_SIGNALS_TO_HANDLE|TORCH_ELASTIC_\w+)=' \
   | sort > "$FAKE_DIR/env.${SLURM_NODEID:-0}" || true
 case "${FAKE_TRAINING:-ok}" in
   ok) exit 0 ;;
