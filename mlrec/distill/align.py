@@ -165,23 +165,30 @@ class Aligner:
         return losses
 
     @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
-        """The shipped encoder's vectors (the backbone's pooled output, without the head)."""
+    def encode(self, texts: list[str], batch_size: int = 256, head: bool = False) -> np.ndarray:
+        """The shipped encoder's vectors (the backbone's pooled output), or with `head` the
+        student's vectors in the teacher's space (what the loss compares)."""
         self.student.eval()
+        module = self.student if head else self.student.encoder
         out = []
         for i in range(0, len(texts), batch_size):
             ids, mask = self.tokens(texts[i : i + batch_size])
-            out.append(self.student.encoder(ids, mask).float().numpy())
+            out.append(module(ids, mask).float().numpy())
         return np.concatenate(out)
 
     def retrieval(self) -> dict[str, dict[str, float]]:
         cache = cache_dir(self.cfg)
-        return {
+        scores = {
             "student": retrieval_accuracy(self.encode, self.pairs.heldout),
             "teacher": retrieval_accuracy(
                 lambda texts: cached_embeddings(self.teacher, texts, cache), self.pairs.heldout
             ),
         }
+        if self.student.head is not None:
+            scores["student_projected"] = retrieval_accuracy(
+                lambda texts: self.encode(texts, head=True), self.pairs.heldout
+            )
+        return scores
 
     def save(self, record: dict[str, Any]) -> Path:
         """The aligned encoder in Hugging Face format, its head, and what produced it."""

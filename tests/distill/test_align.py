@@ -148,6 +148,7 @@ def test_alignment_learns_to_retrieve_unseen_translations(tmp_path):
     # 40 held-out pairs per language: chance is 0.025 (measured: 0.06 before, 0.15 after, and
     # 0.21 after 250 steps of a 64-wide student; the teacher itself gets 0.04 on these pairs)
     assert retrieval["student"]["mean"] >= 0.1, retrieval
+    assert set(retrieval["student_projected"]) == {"de", "ru", "mean"}  # through the head
     assert retrieval["student"]["mean"] >= retrieval["student_before"]["mean"] + 0.05
     assert json.loads((tmp_path / "eval" / "retrieval.json").read_text()) == retrieval
     out = tmp_path / "aligned"

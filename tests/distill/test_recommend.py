@@ -148,3 +148,23 @@ def test_two_processes_under_accelerate_launch(tmp_path, tiny_shards, teacher):
     )
     assert state["world_size"] == 2
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]["impressions"]
+
+
+@pytest.mark.multiproc
+def test_zero2_distills_with_a_frozen_teacher(tmp_path, tiny_shards, teacher):
+    """DeepSpeed ZeRO-2, 2 processes on CPU: only the student is in the engine."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is in the dev extra")
+    from tests.conftest import REPO
+
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(REPO / "launch" / "accelerate" / "deepspeed_zero2.yaml"), "--num_processes", "2",
+        "--main_process_port", "29561", "-m", "mlrec.cli", "distill", "--config", str(TINY),
+        f"run_dir={tmp_path}", f"data.shards_dir={tiny_shards}", f"distill.teacher={teacher}",
+        *STUDENT,
+    ]  # fmt: skip
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert (tmp_path / "checkpoints" / "step-00000004" / "pytorch_model").is_dir()  # DeepSpeed's
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["overall"]["impressions"]
