@@ -151,15 +151,17 @@ def test_two_processes_under_accelerate_launch(tmp_path, tiny_shards, teacher):
 
 
 @pytest.mark.multiproc
-def test_zero2_distills_with_a_frozen_teacher(tmp_path, tiny_shards, teacher):
-    """DeepSpeed ZeRO-2, 2 processes on CPU: only the student is in the engine."""
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_distills_with_a_frozen_teacher(stage, tmp_path, tiny_shards, teacher):
+    """DeepSpeed ZeRO-2/3, 2 processes on CPU: only the student is in the engine."""
     pytest.importorskip("deepspeed", reason="DeepSpeed is in the dev extra")
     from tests.conftest import REPO
 
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(REPO / "launch" / "accelerate" / "deepspeed_zero2.yaml"), "--num_processes", "2",
-        "--main_process_port", "29561", "-m", "mlrec.cli", "distill", "--config", str(TINY),
+        str(REPO / "launch" / "accelerate" / f"deepspeed_zero{stage}.yaml"), "--num_processes",
+        "2", "--main_process_port", str(29560 + stage), "-m", "mlrec.cli", "distill",
+        "--config", str(TINY),
         f"run_dir={tmp_path}", f"data.shards_dir={tiny_shards}", f"distill.teacher={teacher}",
         *STUDENT,
     ]  # fmt: skip
