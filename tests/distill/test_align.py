@@ -135,6 +135,7 @@ def test_cache_is_written_once_and_names_the_teacher(tmp_path):
     assert teacher.calls == 3 and len(list(tmp_path.glob("*.npy"))) == 2
 
 
+@pytest.mark.slow
 def test_alignment_learns_to_retrieve_unseen_translations(tmp_path):
     """The student starts near chance on held-out pairs and, after distilling the teacher on the
     corpus translations, retrieves most of them; a second run reuses the cached teacher vectors;

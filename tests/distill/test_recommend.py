@@ -105,6 +105,7 @@ def test_offline_teacher_outputs_equal_online(tmp_path, tiny_shards, teacher):
         offline.close()
 
 
+@pytest.mark.slow
 def test_mlrec_distill_command_and_evaluate(tmp_path, tiny_shards, teacher):
     args = [
         "--config",
