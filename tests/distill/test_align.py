@@ -193,3 +193,23 @@ def test_muse_teacher_puts_translations_together():
     )
     assert v.shape == (3, 512)
     assert v[0] @ v[1] > v[0] @ v[2] + 0.2
+
+
+@pytest.mark.fetch
+def test_real_gettext_pairs_in_many_languages(tmp_path):
+    """VLC's catalogs give 1,000+ English sentence pairs in each of 12 mUSE languages."""
+    from mlrec.distill.pairs import fetch_vlc_catalogs
+
+    try:
+        locale = fetch_vlc_catalogs(tmp_path / "vlc")
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    langs = ["de", "fr", "es", "it", "ja", "ru", "zh_CN", "ko", "pl", "tr", "nl", "pt_BR"]
+    cfg = _cfg(
+        tmp_path, f"align.sources=[{locale}]", f"align.languages=[{', '.join(langs)}]",
+        "align.min_words=6",
+    )  # fmt: skip
+    pairs = load_pairs(cfg)
+    counts = {lang: sum(p.tgt_lang == lang for p in pairs.train) for lang in langs}
+    assert all(n >= 1000 for n in counts.values()), counts
+    assert all(len(pairs.heldout[lang]) == 40 for lang in langs)
