@@ -109,21 +109,18 @@ def _config(args: argparse.Namespace) -> Config:
     if run is not None and "=" in str(run):
         overrides.insert(0, str(run))
         run = None
-    if run is not None and args.stage == "serve":
-        if args.config:
-            raise ConfigError("give either an export folder or --config, not both")
-        saved = run / "mlrec_config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"{saved} not found: is {run} a folder written by `mlrec export`?")
-        return load_config(saved, [f"export.dir={run}", *overrides])
-    if run is not None:
-        if args.config:
-            raise ConfigError("give either a run directory or --config, not both")
-        saved = run / "config.yaml"
-        if not saved.is_file():
-            raise ConfigError(f"{saved} not found: is {run} an mlrec run directory?")
-        return load_config(saved, [f"run_dir={run}", *overrides])
-    return load_config(args.config, overrides)
+    if run is None:
+        return load_config(args.config, overrides)
+    # `serve` takes an export folder, the other stages a run directory; each holds its config
+    if args.stage == "serve":
+        saved, key, what = run / "mlrec_config.yaml", "export.dir", "an mlrec export folder"
+    else:
+        saved, key, what = run / "config.yaml", "run_dir", "an mlrec run directory"
+    if args.config:
+        raise ConfigError(f"give either {what} or --config, not both")
+    if not saved.is_file():
+        raise ConfigError(f"{saved} not found: is {run} {what}?")
+    return load_config(saved, [f"{key}={run}", *overrides])
 
 
 def quickstart(cfg: Config) -> None:

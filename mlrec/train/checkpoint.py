@@ -40,7 +40,9 @@ def save_checkpoint(
     final = root / f"{PREFIX}{step:08d}"
     tmp = root / f".tmp-{PREFIX}{step:08d}"
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # half-written folders of a run that was killed mid-save: never complete, never loaded
+        for stale in root.glob(f".tmp-{PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))

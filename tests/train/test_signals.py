@@ -162,6 +162,7 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint(straight, tiny_shards,
         straight / "eval" / "metrics.json"
     ).read_text()
     assert state(latest_checkpoint(root))["step"] == STEPS
+    assert not list(root.glob(".tmp-*"))  # the next save cleared what the kill left
 
 
 def free_port() -> int:
