@@ -8,8 +8,9 @@
    by `mlrec align`. Figure: student_retrieval_vs_teacher (mean top-1 ratio).
 2. Zero-shot transfer gap on the synthetic corpus (xMIND protocol, `mlrec xling`): train on
    English impressions only, evaluate in every language; gap = mean target AUC - source AUC, for
-   a recommender on a fresh encoder vs one on the encoder aligned with mUSE on the corpus
-   translations. Figure: zs_gap_reduction = 1 - gap_aligned / gap_baseline.
+   a recommender on a fresh encoder (baseline) vs one on an encoder aligned, on the corpus
+   translations, to the baseline's own exported item encoder as teacher.
+   Figure: zs_gap_reduction = 1 - gap_aligned / gap_baseline.
 3. Distillation: a teacher recommender (4 layers, 256 wide) -> a student (2 layers, 64 wide)
    by `mlrec distill`; item-encoding throughput (alternating rounds, medians) and AUC.
    Figures: student_speedup, student_auc_ratio.
@@ -140,8 +141,9 @@ def train_run(run: Path, *overrides: str) -> tuple[Config, dict[str, Any]]:
 
 
 def bench_transfer(work: Path, s: dict[str, Any]) -> dict[str, Any]:
-    if reason := _muse_available():
-        return {"skipped": reason}
+    """The teacher is the English recommender's own item encoder (an mlrec export): mUSE knows
+    no word of the synthetic languages, so its vectors of the corpus titles carry no signal
+    (measured: retrieval at chance); the recommender trained on English does know them."""
     base = corpus_overrides(work, s)
     corpus_cfg = load_config(None, [f"run_dir={work / 'zs'}", *base])
     pipeline.data(corpus_cfg)
@@ -149,38 +151,40 @@ def bench_transfer(work: Path, s: dict[str, Any]) -> dict[str, Any]:
         load_config(None, [f"run_dir={work / 'zs'}", *base, f"xling.out_dir={work / 'zs-corpus'}"])
     )
     zs = ["data.source=mind", f"data.dir={xling}", f"train.steps={s['rec_steps']}"]
-    aligned = align(
-        load_config(
-            None,
-            [
-                f"run_dir={work / 'zs-align'}",
-                *base,
-                "align.teacher=muse",
-                f"align.steps={s['corpus_align_steps']}",
-                "align.batch_size=64",
-                "align.lr=0.002",
-                "align.heldout_per_language=100",
-                f"align.cache_dir={work / 'teacher-cache'}",
-                "model.dropout=0.0",
-            ],
-        )
-    )
-    runs = {}
-    for name, extra in [
-        ("baseline", []),
-        ("aligned", [f"model.name_or_path={work / 'zs-align' / 'aligned'}"]),
-    ]:
-        _, metrics = train_run(work / f"zs-{name}", *base, *zs, *extra)
+    runs: dict[str, Any] = {}
+
+    def measure(name: str, *extra: str) -> Config:
+        cfg, metrics = train_run(work / f"zs-{name}", *base, *zs, *extra)
         gaps = transfer_gaps(metrics, "en")
         runs[name] = {
             "auc_by_language": {k: v["auc"] for k, v in metrics["by_language"].items()},
             "gap_by_language": gaps,
             "mean_gap": float(np.mean(list(gaps.values()))),
         }
+        return cfg
+
+    teacher = pipeline.export(measure("baseline"))
+    aligned = align(
+        load_config(
+            None,
+            [
+                f"run_dir={work / 'zs-align'}",
+                *base,
+                f"align.teacher={teacher}",
+                f"align.steps={s['corpus_align_steps']}",
+                "align.batch_size=64",
+                "align.lr=0.005",
+                "align.heldout_per_language=100",
+                f"align.cache_dir={work / 'teacher-cache'}",
+                "model.dropout=0.0",
+            ],
+        )
+    )
+    measure("aligned", f"model.name_or_path={work / 'zs-align' / 'aligned'}")
     reduction = 1 - runs["aligned"]["mean_gap"] / runs["baseline"]["mean_gap"]
     return {
         "data": "synthetic corpus (word-aligned translations), xMIND ZS-XLT: train en, eval all",
-        "teacher": aligned["teacher"],
+        "teacher": aligned["teacher"] + " (the baseline's English recommender, exported)",
         "corpus_retrieval_top1": aligned["retrieval"],
         **runs,
         "zs_gap_reduction": reduction,
