@@ -99,3 +99,16 @@ def test_loads_a_pretrained_encoder_from_a_local_folder(tmp_path):
         a = model.item_encoder(ids, torch.ones_like(ids, dtype=torch.bool))
         b = again.item_encoder(ids, torch.ones_like(ids, dtype=torch.bool))
     torch.testing.assert_close(a, b)
+
+
+def test_in_batch_scores_hold_each_rows_own_candidates(tiny_shards):
+    model, _ = _model()
+    b = _batch(tiny_shards)
+    args = [b[k] for k in ("item_ids", "item_mask", "history", "history_mask", "candidates")]
+    with torch.no_grad():
+        own = model(*args)
+        every = model(*args, in_batch=True)
+    rows, per_row = b["candidates"].shape
+    assert every.shape == (rows, rows * per_row)
+    for r in range(rows):
+        torch.testing.assert_close(every[r, r * per_row : (r + 1) * per_row], own[r])

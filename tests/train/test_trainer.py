@@ -173,3 +173,24 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
     for lang, row in two["by_language"].items():
         for key, value in row.items():
             assert one["by_language"][lang][key] == pytest.approx(value, abs=1e-5)
+
+
+def test_gradient_checkpointing_and_in_batch_negatives_train(tmp_path, tiny_shards):
+    """Recomputing activations changes memory, not maths: the same losses step for step."""
+    common = [
+        "--config",
+        str(TINY),
+        f"data.shards_dir={tiny_shards}",
+        "train.steps=3",
+        "train.log_every=1",
+        "model.dropout=0.0",
+    ]
+    plain, ckpt, in_batch = tmp_path / "plain", tmp_path / "ckpt", tmp_path / "in_batch"
+    run_mlrec("train", *common, f"run_dir={plain}")
+    run_mlrec("train", *common, f"run_dir={ckpt}", "train.gradient_checkpointing=true")
+    run_mlrec("train", *common, f"run_dir={in_batch}", "train.in_batch_negatives=true")
+    a, b = scalars(plain / "tb", "train/loss"), scalars(ckpt / "tb", "train/loss")
+    assert [b[s] for s in sorted(b)] == pytest.approx([a[s] for s in sorted(a)], rel=1e-5)
+    # a harder task: each positive also competes with the whole batch's candidates
+    c = scalars(in_batch / "tb", "train/loss")
+    assert c[1] > a[1]
