@@ -53,6 +53,17 @@ def test_overrides_are_typed():
     )
 
 
+def test_no_is_a_string_not_false(tmp_path):
+    # accelerate's spelling `mixed_precision: no` must not become False (YAML 1.1 would)
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  mixed_precision: no\n  gradient_checkpointing: true\n")
+    cfg = load_config(path)
+    assert cfg.train.mixed_precision == "no" and cfg.train.gradient_checkpointing is True
+    message = _error(None, ["train.gradient_checkpointing=yes"])
+    assert "train.gradient_checkpointing must be" in message and "'yes'" in message
+
+
 def _error(path, overrides=()) -> str:
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides)
