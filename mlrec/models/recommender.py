@@ -96,9 +96,12 @@ class AdditiveAttention(nn.Module):
         self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = self.score(x).squeeze(-1).masked_fill(~mask, torch.finfo(x.dtype).min)
+        # Under autocast the logits are bf16/fp16 while x is fp32: fill with the logits' own
+        # minimum (fp32's overflows bf16), and pool x in its dtype.
+        logits = self.score(x).squeeze(-1)
+        logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
         weights = torch.softmax(logits, dim=-1) * mask  # an empty history pools to zeros
-        return torch.einsum("bh,bhd->bd", weights, x)
+        return torch.einsum("bh,bhd->bd", weights.to(x.dtype), x)
 
 
 class AttentionUserEncoder(nn.Module):

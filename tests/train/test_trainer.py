@@ -175,7 +175,7 @@ def test_two_processes_train_and_evaluate_like_one(tmp_path):
             assert one["by_language"][lang][key] == pytest.approx(value, abs=1e-5)
 
 
-def test_gradient_checkpointing_and_in_batch_negatives_train(tmp_path, tiny_shards):
+def test_checkpointing_in_batch_negatives_and_bf16_train(tmp_path, tiny_shards):
     """Recomputing activations changes memory, not maths: the same losses step for step."""
     common = [
         "--config",
@@ -186,6 +186,7 @@ def test_gradient_checkpointing_and_in_batch_negatives_train(tmp_path, tiny_shar
         "model.dropout=0.0",
     ]
     plain, ckpt, in_batch = tmp_path / "plain", tmp_path / "ckpt", tmp_path / "in_batch"
+    bf16 = tmp_path / "bf16"
     run_mlrec("train", *common, f"run_dir={plain}")
     run_mlrec("train", *common, f"run_dir={ckpt}", "train.gradient_checkpointing=true")
     run_mlrec("train", *common, f"run_dir={in_batch}", "train.in_batch_negatives=true")
@@ -194,3 +195,7 @@ def test_gradient_checkpointing_and_in_batch_negatives_train(tmp_path, tiny_shar
     # a harder task: each positive also competes with the whole batch's candidates
     c = scalars(in_batch / "tb", "train/loss")
     assert c[1] > a[1]
+    # bf16 autocast (CPU here, GPU for users) through the NRMS user encoder's masked attention
+    run_mlrec("train", *common, f"run_dir={bf16}", "train.mixed_precision=bf16")
+    d = scalars(bf16 / "tb", "train/loss")
+    assert [d[s] for s in sorted(d)] == pytest.approx([a[s] for s in sorted(a)], rel=0.05)
