@@ -163,6 +163,9 @@ class ExportConfig:
     onnx: bool = True  # ONNX fp32 + int8 models, checked against torch (needs mlrec[onnx])
     parity_impressions: int = 200  # held-out dev impressions the ONNX parity check scores
     triton: bool = False  # also write a Triton Inference Server model repository
+    # catalog/vectors.<serve.backend>.npy (torch without export.onnx): the catalog embedded once,
+    # so `mlrec serve` loads it instead of embedding the whole catalog at every start
+    catalog_vectors: bool = True
 
 
 @dataclass(kw_only=True)
@@ -175,6 +178,9 @@ class ServeConfig:
     threads: int = 0  # intra-op threads of torch / ONNX Runtime; 0: library default
     batch_size: int = 256  # catalog items per forward pass when embedding it at start
     max_request_items: int = 1000  # longest history / candidate / text list, and largest k
+    # "": load catalog/vectors.<backend>.npy if it matches the export, else embed at start;
+    # a path: load that file, and stop with an error if it is missing or does not match
+    catalog_vectors: str = ""
 
 
 @dataclass(kw_only=True)

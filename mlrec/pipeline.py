@@ -93,7 +93,8 @@ def evaluate(cfg: Config) -> dict[str, Any]:
 
 
 def export(cfg: Config) -> Path:
-    """Hugging Face export, then (export.onnx) ONNX fp32/int8 models and their parity check."""
+    """Hugging Face export, then (export.onnx) ONNX fp32/int8 models and their parity check,
+    then (export.catalog_vectors) the catalog's item vectors for `mlrec serve`."""
     from mlrec.export.hf import export_model
 
     if cfg.export.triton and not cfg.export.onnx:
@@ -108,6 +109,11 @@ def export(cfg: Config) -> Path:
         trainer.close()
     if cfg.export.onnx and trainer.accelerator.is_main_process:
         export_onnx_checked(cfg, out)
+    if cfg.export.catalog_vectors and trainer.accelerator.is_main_process:
+        from mlrec.serve.vectors import write_catalog_vectors
+
+        # the backend `mlrec serve` runs with this config; without ONNX models only torch can
+        write_catalog_vectors(out, cfg, cfg.serve.backend if cfg.export.onnx else "torch")
     return out
 
 

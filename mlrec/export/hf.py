@@ -8,6 +8,8 @@ Layout of an export folder:
   metrics.json                      the run's evaluation, when it has one
   README.md                         the model card, with the evaluation table per language
   catalog/tokens.npy, index.tsv     the item table of the run's shards: what `mlrec serve` ranks
+  catalog/vectors.<backend>.npy     its item vectors, precomputed for `mlrec serve` (.json: the
+                                    model and catalog they belong to; see mlrec.serve.vectors)
   onnx/                             ONNX models and parity report (mlrec.export.onnx_models)
 """
 
@@ -57,6 +59,10 @@ def export_model(model: Recommender, tokenizer, cfg: Config, out_dir: str | Path
     (out / "README.md").write_text(model_card(cfg, metrics), encoding="utf-8")
     # The catalog travels with the model, so a serving host needs the export folder only.
     (out / CATALOG_DIR).mkdir(exist_ok=True)
+    # Vectors from an earlier export into this folder belong to that model (`mlrec serve` would
+    # refuse them anyway); mlrec.pipeline.export writes this model's after the ONNX models.
+    for stale in (out / CATALOG_DIR).glob("vectors.*"):
+        stale.unlink()
     for name in (ITEM_TOKENS, ITEM_INDEX):
         shutil.copy(cfg.shards_dir / name, out / CATALOG_DIR / Path(name).name)
     return out

@@ -18,11 +18,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from mlrec.serve.limits import BodySizeLimit
 from mlrec.serve.ranker import Ranker, RequestError
 
 log = logging.getLogger(__name__)
 
-# Bodies larger than this are refused before they are read (1000 ids are ~20 kB).
+# Bodies larger than this are refused (413) without being read whole (1000 ids are ~20 kB).
 MAX_BODY_BYTES = 4 << 20
 
 
@@ -49,14 +50,8 @@ class EmbedRequest(_Strict):
 def create_app(ranker: Ranker) -> FastAPI:
     app = FastAPI(title="mlrec ranking service", version="1")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        size = request.headers.get("content-length", "0")
-        if size.isdigit() and int(size) > MAX_BODY_BYTES:
-            return JSONResponse(
-                {"detail": f"request body of {size} bytes; at most {MAX_BODY_BYTES}"}, 413
-            )
-        return await call_next(request)
+    # Chunked bodies carry no Content-Length, so the limit counts the bytes as they arrive.
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, err: RequestError) -> JSONResponse:
@@ -88,7 +83,7 @@ def create_app(ranker: Ranker) -> FastAPI:
 
 
 def serve(export_dir, cfg) -> None:
-    """Embed the catalog, then answer on cfg.serve.host:port until interrupted."""
+    """Load or embed the catalog, then answer on cfg.serve.host:port until interrupted."""
     import uvicorn
 
     ranker = Ranker(export_dir, cfg)

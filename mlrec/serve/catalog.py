@@ -1,4 +1,7 @@
-"""The item catalog the service ranks: the export's item table, embedded once at start.
+"""The item catalog the service ranks: the export's item table and its item vectors.
+
+The vectors are embedded at start, or loaded when the export holds precomputed ones that match
+(see mlrec.serve.vectors).
 
 `catalog/tokens.npy` and `catalog/index.tsv` are the run's item table (see mlrec.data.shards),
 copied into the export, so items are the same (news id, language) pairs the model was trained
@@ -31,7 +34,7 @@ class Catalog:
             raise FileNotFoundError(
                 f"{root}/tokens.npy not found: is {export_dir} an export written by `mlrec export`?"
             )
-        self.tokens = np.load(root / "tokens.npy")
+        self.root = root
         with open(root / "index.tsv", encoding="utf-8") as handle:
             index = [line.rstrip("\n").split("\t") for line in handle]
         self.ids = [row[0] for row in index]
@@ -53,5 +56,7 @@ class Catalog:
 
     def embed(self, backend: Backend, pad_id: int, batch_size: int) -> None:
         start = time.perf_counter()
-        self.vectors = encode_rows(backend, self.tokens, np.arange(len(self)), pad_id, batch_size)
+        # Read here, not at load: with precomputed vectors the token table is never needed.
+        tokens = np.load(self.root / "tokens.npy", allow_pickle=False)
+        self.vectors = encode_rows(backend, tokens, np.arange(len(self)), pad_id, batch_size)
         log.info("embedded %d catalog items in %.1f s", len(self), time.perf_counter() - start)

@@ -13,6 +13,7 @@ import numpy as np
 from mlrec.config import Config
 from mlrec.export.backends import load_backend, pad_histories
 from mlrec.serve.catalog import Catalog, UnknownItems
+from mlrec.serve.vectors import load_or_embed
 
 MAX_TEXT_CHARS = 10_000  # texts are truncated to data.max_item_tokens anyway
 
@@ -24,7 +25,7 @@ class RequestError(ValueError):
 
 
 class Ranker:
-    """An export's encoders plus its embedded catalog."""
+    """An export's encoders plus its catalog's vectors (precomputed or embedded at start)."""
 
     def __init__(self, export_dir: str | Path, cfg: Config) -> None:
         from mlrec.models.tokenizer import load_tokenizer
@@ -33,7 +34,9 @@ class Ranker:
         self.backend = load_backend(export_dir, cfg.serve.backend, cfg.serve.threads)
         self.tokenizer = load_tokenizer(export_dir, trust_remote_code=cfg.model.trust_remote_code)
         self.catalog = Catalog(export_dir, cfg.data.default_language)
-        self.catalog.embed(self.backend, self.tokenizer.pad_token_id, cfg.serve.batch_size)
+        self.vectors_source = load_or_embed(
+            self.catalog, export_dir, cfg, self.backend, self.tokenizer.pad_token_id
+        )
 
     def _check_size(self, name: str, size: int) -> None:
         limit = self.cfg.serve.max_request_items

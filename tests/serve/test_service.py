@@ -1,26 +1,17 @@
 """The ranking service as users meet it: a real `mlrec serve` process on 127.0.0.1, over HTTP."""
 
-import os
+import json
 import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
+from mlrec.serve.app import MAX_BODY_BYTES
 from tests.export.tiny_export import make_export
+from tests.serve.server import running_service
 
-MLREC = str(Path(sys.executable).parent / "mlrec")
 LIMIT = 50  # serve.max_request_items for these tests
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -30,28 +21,9 @@ def export(tmp_path_factory, tiny_shards) -> Path:
 
 @pytest.fixture(scope="module")
 def service(export):
-    port = free_port()
-    cmd = [MLREC, "serve", str(export), f"serve.port={port}", f"serve.max_request_items={LIMIT}"]
-    log = export.parent / "serve.log"  # a file, not a pipe nobody drains
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if client.get("/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not come up in 180 s"
-            time.sleep(0.3)
+    overrides = [f"serve.max_request_items={LIMIT}"]
+    with running_service(export, export.parent / "serve.log", *overrides) as client:
         yield client
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -165,4 +137,57 @@ def test_malformed_and_oversize_bodies_are_refused(service):
     huge = b'{"texts": ["' + b"x" * (5 << 20) + b'"]}'
     got = service.post("/embed", content=huge, headers={"content-type": "application/json"})
     assert got.status_code == 413 and "request body" in got.text
+    assert service.get("/health").status_code == 200
+
+
+JSON = {"content-type": "application/json"}
+
+
+def _pieces(data: bytes, size: int):
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_chunked_bodies_are_read_and_limited_like_declared_ones(service, catalog):
+    # a generator body: httpx sends it chunked, with no Content-Length to check
+    body = json.dumps({"history": catalog[:3], "candidates": catalog[3:9]}).encode()
+    got = service.post("/rank", content=_pieces(body, 7), headers=JSON)
+    assert got.request.headers["transfer-encoding"] == "chunked"
+    assert "content-length" not in got.request.headers
+    assert got.status_code == 200 and len(got.json()["items"]) == 6, got.text
+    huge = b'{"texts": ["' + b"x" * (MAX_BODY_BYTES + (1 << 20)) + b'"]}'
+    got = service.post("/embed", content=_pieces(huge, 1 << 16), headers=JSON)
+    assert got.status_code == 413 and "request body of more than" in got.text
+    assert service.get("/health").status_code == 200
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        received = sock.recv(1 << 16)
+        assert received, f"the service closed the connection without an answer: {data!r}"
+        data += received
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = dict(line.split(b":", 1) for line in head.split(b"\r\n")[1:])
+    length = int({k.lower(): v for k, v in fields.items()}[b"content-length"])
+    while len(body) < length:
+        body += sock.recv(1 << 16)
+    return head + b"\r\n\r\n" + body
+
+
+def test_an_endless_chunked_body_is_refused_once_past_the_limit(service):
+    """The 413 comes while the body is still arriving: nothing waits for (or holds) all of it."""
+    url = service.base_url
+    with socket.create_connection((url.host, url.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        piece = b"x" * (1 << 16)
+        for _ in range(MAX_BODY_BYTES // len(piece) + 1):
+            sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+        # no closing zero-length chunk: the body has no end and no declared size
+        answer = _read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:300]
+    assert b"request body of more than" in answer
     assert service.get("/health").status_code == 200

@@ -1,0 +1,68 @@
+"""A cap on request body size that holds whether or not the client declares the size.
+
+A Content-Length over the cap is refused before any of the body is read. A chunked body (no
+Content-Length) is read here, chunk by chunk, and refused as soon as it passes the cap, so at most
+the cap is ever held in memory; the endpoints read whole JSON bodies anyway, so reading it first
+costs nothing. Either way the answer is a 413 with a JSON `detail`, like the service's other 4xx.
+
+After the 413 has been sent uvicorn discards the rest of an unread body (h11 keeps the connection
+until the request ends), so the client gets the answer rather than a reset connection.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class BodySizeLimit:
+    """Pure ASGI middleware: a BaseHTTPMiddleware could only see the Content-Length header."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            detail = f"request body of {declared} bytes; at most {self.max_bytes}"
+            await self._refuse(scope, receive, send, detail)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the client went away: nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                limit = self.max_bytes
+                detail = f"request body of more than {limit} bytes; at most {limit}"
+                await self._refuse(scope, receive, send, detail)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive channel that gives the buffered body once, then the client's own messages
+    (the disconnect that streaming responses wait for)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
