@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -33,6 +34,12 @@ def test_export_writes_checked_onnx_and_a_triton_repository(trained_run):
     report = json.loads((export / "onnx" / "parity.json").read_text())
     assert report["passed"] and report["held_out"]["impressions"] == 200
     assert "| **overall** | 200 |" in (export / "README.md").read_text()  # the run's metrics
+    # the catalog, embedded once by the backend `mlrec serve` will run (serve.backend)
+    vectors = np.load(export / "catalog" / "vectors.onnx.npy", allow_pickle=False)
+    rows = (export / "catalog" / "index.tsv").read_text().count("\n")
+    assert vectors.shape == (rows, report["dim"]) and np.isfinite(vectors).all()
+    record = json.loads((export / "catalog" / "vectors.onnx.json").read_text())
+    assert record["backend"] == "onnx" and record["rows"] == rows
 
     triton = export / "triton"
     assert sorted(p.name for p in triton.iterdir()) == [
