@@ -207,6 +207,9 @@ class AlignConfig:
     lr: float = 5e-4
     warmup_steps: int = 10
     max_tokens: int = 32  # truncation of the student's input
+    # "": the student's own tokenizer (model.tokenizer / model.name_or_path, else one trained on
+    # the pairs); teacher: the teacher's tokenizer and token embeddings (PCA to the student's width)
+    student_init: str = ""
     code_switch: float = 0.0  # fraction of source words replaced from align.lexicons
     lexicons: list[str] = field(default_factory=list)  # freedict .index files (or their folder)
     out_dir: str = ""  # "" means <run_dir>/aligned: the aligned encoder (model.name_or_path)
@@ -286,6 +289,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "serve.backend": ("torch", "onnx", "onnx-int8"),
     "distill.mode": ("online", "offline"),
+    "align.student_init": ("", "teacher"),
 }
 TEXT_FIELDS = ("title", "abstract")
 
@@ -389,6 +393,12 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
         fail("model.num_heads", f"must divide model.hidden_size ({cfg.model.hidden_size})")
     if cfg.train.warmup_steps > cfg.train.steps:
         fail("train.warmup_steps", f"must not exceed train.steps ({cfg.train.steps})")
+    if cfg.align.student_init == "teacher" and (cfg.model.name_or_path or cfg.model.tokenizer):
+        fail(
+            "align.student_init",
+            "'teacher' builds a fresh student on the teacher's vocabulary; leave "
+            "model.name_or_path and model.tokenizer empty",
+        )
     if cfg.align.warmup_steps > cfg.align.steps:
         fail("align.warmup_steps", f"must not exceed align.steps ({cfg.align.steps})")
     if cfg.distill.w_hard + cfg.distill.w_kl + cfg.distill.w_mse == 0:

@@ -64,6 +64,32 @@ def student_tokenizer(cfg: Config, pairs: ParallelSet, out: Path):
         return train_tokenizer(texts, cfg.model.vocab_size, tmp)
 
 
+def init_word_embeddings(backbone, table: np.ndarray, pad_id: int) -> None:
+    """Copy the teacher's token embeddings into the student's, through PCA when the student is
+    narrower (keeps the directions along which the teacher's tokens differ most), scaled to the
+    student's own initial spread so its layers start where their init expects."""
+    weight = backbone.get_input_embeddings().weight
+    width = weight.shape[1]
+    rows = table.astype(np.float64)
+    used = np.abs(rows).sum(axis=1) > 0  # padding rows of the teacher's table stay out of the fit
+    if table.shape[1] != width:
+        if table.shape[1] < width:
+            raise ValueError(
+                f"model.hidden_size={width} is wider than the teacher's token embeddings "
+                f"({table.shape[1]}); align.student_init=teacher needs hidden_size <= "
+                f"{table.shape[1]}"
+            )
+        centred = rows - rows[used].mean(axis=0)
+        _, vectors = np.linalg.eigh(centred[used].T @ centred[used])
+        rows = centred @ vectors[:, ::-1][:, :width]  # eigh sorts ascending
+    rows[~used] = 0.0
+    with torch.no_grad():
+        target_std = float(weight.std())
+        values = torch.from_numpy(rows).float()
+        weight.copy_(values * (target_std / float(values[torch.from_numpy(used)].std())))
+        weight[pad_id].zero_()
+
+
 class Student(nn.Module):
     """The item encoder being aligned, and the head into the teacher's width."""
 
@@ -89,8 +115,13 @@ class Aligner:
         if not self.pairs.train:
             raise ValueError("no training pairs left after holding out align.heldout_per_language")
         self.teacher = teacher or load_teacher(cfg.align.teacher, cfg.align.teacher_max_tokens)
-        self.tokenizer = student_tokenizer(cfg, self.pairs, self.out)
+        if cfg.align.student_init == "teacher":
+            self.tokenizer, table = self.teacher.vocabulary()
+        else:
+            self.tokenizer = student_tokenizer(cfg, self.pairs, self.out)
         backbone = build_backbone(cfg.model, len(self.tokenizer), self.tokenizer.pad_token_id)
+        if cfg.align.student_init == "teacher":
+            init_word_embeddings(backbone, table, self.tokenizer.pad_token_id)
         encoder = ItemEncoder(backbone, cfg.model.pooling, 0)
         self.student = Student(encoder, self.teacher.dim)
         sources = sorted({p.source for p in self.pairs.train})

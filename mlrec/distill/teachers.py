@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from mlrec.config import ConfigError
 
@@ -34,6 +35,11 @@ class Teacher(Protocol):
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 [len(texts), dim]."""
+        ...
+
+    def vocabulary(self) -> tuple[PreTrainedTokenizerBase, np.ndarray]:
+        """The teacher's tokenizer and its token embeddings (float32 [len(tokenizer), width]),
+        for a student initialised from the teacher (`align.student_init: teacher`)."""
         ...
 
 
@@ -60,6 +66,11 @@ class MuseTeacher:
             for i in range(0, len(texts), self.batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def vocabulary(self) -> tuple[PreTrainedTokenizerBase, np.ndarray]:
+        from mlrec.distill.muse_vocab import muse_embeddings, muse_tokenizer
+
+        return muse_tokenizer(self._model), muse_embeddings(self._model)
 
 
 class HFTeacher:
@@ -96,6 +107,10 @@ class HFTeacher:
             )
             out.append(self.encoder(enc["input_ids"], enc["attention_mask"]).float().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+    def vocabulary(self) -> tuple[PreTrainedTokenizerBase, np.ndarray]:
+        table = self.encoder.backbone.get_input_embeddings().weight.detach().float().numpy()
+        return self.tokenizer, table[: len(self.tokenizer)].copy()
 
 
 def _weights_digest(path: Path) -> str:
