@@ -210,6 +210,9 @@ class AlignConfig:
     # "": the student's own tokenizer (model.tokenizer / model.name_or_path, else one trained on
     # the pairs); teacher: the teacher's tokenizer and token embeddings (PCA to the student's width)
     student_init: str = ""
+    # scale the teacher's vectors by one factor to unit variance per dimension (see align.py:
+    # unit-norm targets made small students collapse to their mean)
+    standardize_targets: bool = True
     code_switch: float = 0.0  # fraction of source words replaced from align.lexicons
     lexicons: list[str] = field(default_factory=list)  # freedict .index files (or their folder)
     out_dir: str = ""  # "" means <run_dir>/aligned: the aligned encoder (model.name_or_path)

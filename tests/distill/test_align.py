@@ -145,12 +145,12 @@ def test_alignment_learns_to_retrieve_unseen_translations(tmp_path):
     record = align(cfg, teacher)
     retrieval = record["retrieval"]
     assert record["head"] and record["student_dim"] == 32 and record["teacher_dim"] == 48
-    assert record["final_loss"] < 0.2 * record["first_loss"]
-    # 40 held-out pairs per language: chance is 0.025 (measured: 0.06 before, 0.15 after, and
-    # 0.21 after 250 steps of a 64-wide student; the teacher itself gets 0.04 on these pairs)
-    assert retrieval["student"]["mean"] >= 0.1, retrieval
+    assert record["final_loss"] < 0.3 * record["first_loss"]  # measured 1.04 -> 0.27
+    # 40 held-out pairs per language: chance is 0.025 (measured: 0.06 before, 0.375 after; 0.15
+    # with unscaled targets, align.standardize_targets=false; the teacher itself gets 0.04 here)
+    assert retrieval["student"]["mean"] >= 0.25, retrieval
     assert set(retrieval["student_projected"]) == {"de", "ru", "mean"}  # through the head
-    assert retrieval["student"]["mean"] >= retrieval["student_before"]["mean"] + 0.05
+    assert retrieval["student"]["mean"] >= retrieval["student_before"]["mean"] + 0.15
     assert json.loads((tmp_path / "eval" / "retrieval.json").read_text()) == retrieval
     out = tmp_path / "aligned"
     backbone = AutoModel.from_pretrained(str(out))
