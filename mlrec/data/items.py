@@ -5,9 +5,10 @@
   items/index.tsv    one line per row: nid@lang, language, category, subcategory
   items/items.json   counts, source files, row accounting, and the fingerprint of the inputs
 
-The news files are streamed several times (categories, counting, tokenizer training, encoding)
-instead of being held in memory: xMIND has ~1.8M (item, language) rows, and the table itself is
-written through a memory map, so memory grows with the number of items' ids, not their text.
+The news files are streamed several times (counting, tokenizer training, encoding, and a pass for
+categories once a row lacks its own) instead of being held in memory: xMIND has ~1.8M (item,
+language) rows, and the table itself is written through a memory map, so memory grows with the
+number of items' ids, not their text.
 xMIND rows (nid, title, abstract) take category and subcategory from a MIND row with the same
 news id; a row whose id no MIND file knows is rejected as an unknown news id.
 """
@@ -66,8 +67,22 @@ def _categories(files: dict[str, list[Path]]) -> dict[str, tuple[str, str]]:
     return found
 
 
+class Categories:
+    """`_categories(files)`, read on first use: an extra pass over every news file that a corpus
+    whose rows all carry their category (plain MIND) never needs."""
+
+    def __init__(self, files: dict[str, list[Path]]) -> None:
+        self.files = files
+        self.found: dict[str, tuple[str, str]] | None = None
+
+    def __call__(self) -> dict[str, tuple[str, str]]:
+        if self.found is None:
+            self.found = _categories(self.files)
+        return self.found
+
+
 def kept_items(
-    files: dict[str, list[Path]], categories: dict[str, tuple[str, str]], rows: RowLog
+    files: dict[str, list[Path]], lazy_categories: Categories, rows: RowLog
 ) -> Iterator[NewsItem]:
     """The items of the table in row order: first occurrence of each (news id, language)."""
     seen: set[ItemKey] = set()
@@ -78,6 +93,7 @@ def kept_items(
                     rows.count(path, "duplicates")
                     continue
                 if not item.category:
+                    categories = lazy_categories()
                     if item.nid not in categories:
                         rows.reject(
                             path,
@@ -120,6 +136,26 @@ def _tokenizer(cfg: Config, texts: Iterator[str], out: Path) -> tuple[Any, dict[
     return tok, {"source": "trained on this corpus", "vocab_size": str(len(tok))}
 
 
+def _encode(tok: Any, texts: list[str], max_len: int) -> np.ndarray:
+    """Token ids of `texts`, one row each, padded with the pad id to `max_len`."""
+    # Only input_ids: a plain call also copies attention masks and type ids out of every Rust
+    # encoding, Python-side work that the table does not use.
+    ids = tok(
+        texts,
+        truncation=True,
+        max_length=max_len,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    block = np.full((len(ids), max_len), tok.pad_token_id, dtype=np.int32)
+    # a boolean mask fills row by row, left to right: each row's first `length` cells
+    block[np.arange(max_len) < lengths[:, None]] = np.fromiter(
+        chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())
+    )
+    return block
+
+
 def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]:
     """Write tokenizer/ and items/ under `out` (or reuse them); returns items/items.json."""
     files = news_files(cfg)
@@ -136,7 +172,7 @@ def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]
     tmp = out / ".items-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / ITEMS_DIR).mkdir(parents=True)
-    categories = _categories(files)
+    categories = Categories(files)
     rows = RowLog(cfg.data.on_error)
     per_language = Counter(item.lang for item in kept_items(files, categories, rows))
     count = sum(per_language.values())
@@ -152,7 +188,6 @@ def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]
     table = np.lib.format.open_memmap(
         tmp / ITEM_TOKENS, mode="w+", dtype=np.int32, shape=(count, max_len)
     )
-    table[:] = tok.pad_token_id
     bar = tqdm(total=count, desc="tokenising items", disable=not progress, unit="item")
     with open(tmp / ITEM_INDEX, "w", encoding="utf-8") as index:
         row, batch = 0, []
@@ -163,9 +198,9 @@ def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]
                     f"{item.nid}@{item.lang}\t{item.lang}\t{item.category}\t{item.subcategory}\n"
                 )
             if len(batch) == _TOKENIZE_BATCH or (item is None and batch):
-                ids = tok([i.text(fields) for i in batch], truncation=True, max_length=max_len)
-                for offset, seq in enumerate(ids["input_ids"]):
-                    table[row + offset, : len(seq)] = seq
+                table[row : row + len(batch)] = _encode(
+                    tok, [i.text(fields) for i in batch], max_len
+                )
                 row += len(batch)
                 bar.update(len(batch))
                 batch = []
@@ -195,11 +230,14 @@ def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]
     return record
 
 
-def item_rows(shards_dir: Path) -> dict[ItemKey, int]:
-    """(news id, language) -> row of the item table, read from items/index.tsv."""
-    rows: dict[ItemKey, int] = {}
+def item_keys(shards_dir: Path) -> Iterator[tuple[ItemKey, int]]:
+    """((news id, language), row) for each row of the item table, from items/index.tsv."""
     with open(shards_dir / ITEM_INDEX, encoding="utf-8") as handle:
         for row, line in enumerate(handle):
             nid, _, lang = line.split("\t", 1)[0].rpartition("@")
-            rows[(nid, lang)] = row
-    return rows
+            yield (nid, lang), row
+
+
+def item_rows(shards_dir: Path) -> dict[ItemKey, int]:
+    """(news id, language) -> row of the item table."""
+    return dict(item_keys(shards_dir))

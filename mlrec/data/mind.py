@@ -92,9 +92,9 @@ def parse_news(raw: bytes, path: Path, number: int, lang: str) -> NewsItem:
     """One MIND (8 columns) or xMIND (3 columns: nid, title, abstract) news row."""
     cols = decode(raw, path, number).split("\t")
     if len(cols) == NEWS_COLUMNS:
-        nid, category, subcategory, title, abstract = (c.strip() for c in cols[:5])
+        nid, category, subcategory, title, abstract = map(str.strip, cols[:5])
     elif len(cols) == XMIND_NEWS_COLUMNS:
-        nid, title, abstract = (c.strip() for c in cols)
+        nid, title, abstract = map(str.strip, cols)
         category = subcategory = ""  # joined from MIND's news by nid
     else:
         raise DataError(

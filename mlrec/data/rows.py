@@ -47,9 +47,11 @@ class RowLog:
         self.files: dict[str, dict[str, Any]] = {}
 
     def file(self, path: Any) -> dict[str, Any]:
-        return self.files.setdefault(
-            str(path), {"rows": 0, "kept": 0, "duplicates": 0, "skipped": {}}
-        )
+        # called for every row: look up before building a fresh dict of counts
+        counts = self.files.get(str(path))
+        if counts is None:
+            counts = self.files[str(path)] = {"rows": 0, "kept": 0, "duplicates": 0, "skipped": {}}
+        return counts
 
     def count(self, path: Any, what: str, n: int = 1) -> None:
         self.file(path)[what] += n

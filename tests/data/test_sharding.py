@@ -6,6 +6,7 @@ import os
 import pytest
 
 from mlrec.data.items import build_items
+from mlrec.data.loader import read_impressions, shard_paths
 from mlrec.data.mind import DataError
 from mlrec.data.rows import BAD_LABEL, COLUMNS, EMPTY_TITLE, ENCODING, UNKNOWN_ITEM
 from mlrec.data.shards import (
@@ -150,3 +151,20 @@ def test_xmind_rows_take_mind_categories(tmp_path, tiny_shards):
     assert "N9@de" not in index
     assert manifest["rows"]["files"][str(root / "xmind" / "de.tsv")]["skipped"] == {UNKNOWN_ITEM: 1}
     assert manifest["splits"]["train"]["per_language"] == {"de": 1}
+
+
+def test_a_rebuilt_item_table_is_not_read_from_an_earlier_build(tmp_path):
+    cfg = tiny_config(tmp_path, "data.on_error=skip")
+    build_shards(cfg, progress=False)  # generates the corpus; the process now knows its rows
+    news = cfg.corpus_dir / "news" / "de.tsv"
+    news.write_bytes(b"".join(news.read_bytes().splitlines(keepends=True)[1:]))  # rows shift
+    manifest = build_shards(cfg, progress=False)
+    keys = [key for key, *_ in item_index(cfg.shards_dir)]
+    refs = {}
+    for line in (cfg.corpus_dir / "train" / "behaviors.tsv").read_text().splitlines():
+        imp, _, _, _, shown = line.split("\t")
+        refs[int(imp)] = [t[:-2] if "@" in t else f"{t[:-2]}@en" for t in shown.split()]
+    samples = list(read_impressions(shard_paths(cfg.shards_dir, "train")))
+    assert len(samples) == manifest["splits"]["train"]["impressions"] < len(refs)
+    for sample in samples:
+        assert [keys[row] for row in sample["candidates"]] == refs[sample["impression"]]
