@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from mlrec.config import Config, ConfigError
 from mlrec.data.loader import read_impressions, shard_paths
 from mlrec.data.shards import ITEM_TOKENS, MANIFEST, load_manifest
-from mlrec.models.recommender import Recommender
+from mlrec.models.recommender import Recommender, candidate_scores, target_columns
 from mlrec.train.evaluate import encode_rows
 from mlrec.train.trainer import Trainer
 
@@ -58,10 +58,7 @@ class DistillStudent(Recommender):
         whole student runs inside one DDP forward (gradients of every part are synchronised)."""
         items = self.item_encoder(item_ids, item_mask)
         users = self.user_vectors(items, history, history_mask)
-        if in_batch:
-            scores = users @ items[candidates.reshape(-1)].T
-        else:
-            scores = torch.einsum("bd,bcd->bc", users, items[candidates])
+        scores = candidate_scores(users, items, candidates, in_batch)
         if self.head is not None:
             items, users = self.head(items), self.head(users)
         return scores, items, users
@@ -139,8 +136,10 @@ class Distiller(Trainer):
         return enc["input_ids"].to(device), enc["attention_mask"].bool().to(device)
 
     @torch.no_grad()
-    def teacher_outputs(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-        """Teacher scores [batch, candidates], item vectors and user vectors."""
+    def teacher_outputs(
+        self, batch: dict[str, Any], in_batch: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Teacher scores (as `candidate_scores`), item vectors and user vectors."""
         if self.cache is not None:
             items, users = offline_vectors(self.cache, batch, self.pad_id)
             items, users = items.to(self.accelerator.device), users.to(self.accelerator.device)
@@ -151,21 +150,24 @@ class Distiller(Trainer):
             users = self.teacher.user_vectors(
                 items, batch["history"], batch["history_mask"]
             ).float()
-        scores = torch.einsum("bd,bcd->bc", users, items[batch["candidates"]])
-        return scores, items, users
+        return candidate_scores(users, items, batch["candidates"], in_batch), items, users
 
     # -- the loss --------------------------------------------------------------------------
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         dcfg = self.cfg.distill
+        # with in-batch negatives both softmaxes run over every candidate of the batch
+        in_batch = self.cfg.train.in_batch_negatives
         scores, items, users = self.model(
             batch["item_ids"],
             batch["item_mask"],
             batch["history"],
             batch["history_mask"],
             batch["candidates"],
+            in_batch=in_batch,
         )
-        t_scores, t_items, t_users = self.teacher_outputs(batch)
-        parts = distillation_loss(scores.float(), t_scores, batch["labels"], dcfg)
+        t_scores, t_items, t_users = self.teacher_outputs(batch, in_batch)
+        labels = target_columns(batch["labels"], batch["candidates"], in_batch)
+        parts = distillation_loss(scores.float(), t_scores, labels, dcfg)
         total = dcfg.w_hard * parts["hard"] + dcfg.w_kl * parts["kl"]
         if dcfg.w_mse > 0:
             parts["mse"] = F.mse_loss(items.float(), t_items) + F.mse_loss(users.float(), t_users)

@@ -137,6 +137,24 @@ def build_user_encoder(cfg: ModelConfig, dim: int) -> nn.Module:
     return AttentionUserEncoder(dim, cfg.user_heads, cfg.dropout)
 
 
+def candidate_scores(
+    users: torch.Tensor, items: torch.Tensor, candidates: torch.Tensor, in_batch: bool
+) -> torch.Tensor:
+    """Dot products of user b with its candidates (rows of `items`): [batch, candidates]; with
+    `in_batch`, with every candidate of the batch: [batch, batch * candidates], row b's own at
+    columns b*C .. b*C + C - 1 (see `target_columns`)."""
+    if in_batch:
+        return users @ items[candidates.reshape(-1)].T
+    return torch.einsum("bd,bcd->bc", users, items[candidates])
+
+
+def target_columns(labels: torch.Tensor, candidates: torch.Tensor, in_batch: bool) -> torch.Tensor:
+    """The column of each row's positive in `candidate_scores`' output."""
+    if in_batch:  # row b's positive is its first candidate, at column b * candidates_per_row
+        return torch.arange(len(labels), device=labels.device) * candidates.shape[1]
+    return labels
+
+
 class Recommender(nn.Module):
     """Scores candidates for users; each distinct item of a batch is encoded once."""
 
@@ -166,9 +184,7 @@ class Recommender(nn.Module):
         """
         items = self.item_encoder(item_ids, item_mask)
         users = self.user_vectors(items, history, history_mask)
-        if in_batch:
-            return users @ items[candidates.reshape(-1)].T
-        return torch.einsum("bd,bcd->bc", users, items[candidates])
+        return candidate_scores(users, items, candidates, in_batch)
 
 
 def build_recommender(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Recommender:

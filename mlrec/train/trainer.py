@@ -28,7 +28,7 @@ from mlrec.data.loader import train_loader
 from mlrec.data.shards import TOKENIZER_DIR, load_manifest
 from mlrec.evaluation import METRICS, format_table
 from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
-from mlrec.models.recommender import Recommender, build_recommender
+from mlrec.models.recommender import Recommender, build_recommender, target_columns
 from mlrec.models.tokenizer import load_tokenizer
 from mlrec.train import adalora_deepspeed
 from mlrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -247,9 +247,7 @@ class Trainer:
             batch["candidates"],
             in_batch=in_batch,
         )
-        labels = batch["labels"]
-        if in_batch:  # row b's positive sits at column b * candidates_per_row
-            labels = torch.arange(len(labels), device=labels.device) * batch["candidates"].shape[1]
+        labels = target_columns(batch["labels"], batch["candidates"], in_batch)
         return torch.nn.functional.cross_entropy(scores.float(), labels)
 
     def train_step(self, batches) -> dict[str, float]:

@@ -105,6 +105,28 @@ def test_offline_teacher_outputs_equal_online(tmp_path, tiny_shards, teacher):
         offline.close()
 
 
+def test_in_batch_negatives_distil_over_the_whole_batch(tmp_path, tiny_shards, teacher):
+    """train.in_batch_negatives: student and teacher both score every candidate of the batch,
+    and the hard label is each row's own positive among them."""
+    distiller = Distiller(_cfg(tmp_path, tiny_shards, teacher, "train.in_batch_negatives=true"))
+    try:
+        batch = next(distiller.batches())
+        rows, per_row = batch["candidates"].shape
+        t_scores, t_items, t_users = distiller.teacher_outputs(batch, in_batch=True)
+        assert t_scores.shape == (rows, rows * per_row)
+        own, _, _ = distiller.teacher_outputs(batch)  # each row's own candidates, in order
+        for b in range(rows):
+            torch.testing.assert_close(t_scores[b, b * per_row : (b + 1) * per_row], own[b])
+        loss = distiller.compute_loss(batch)
+        assert torch.isfinite(loss) and distiller.parts["kl"] > 0
+        in_batch_hard = distiller.parts["hard"]
+        distiller.cfg.train.in_batch_negatives = False
+        distiller.compute_loss(batch)
+        assert distiller.parts["hard"] < in_batch_hard  # more negatives: a harder task
+    finally:
+        distiller.close()
+
+
 @pytest.mark.slow
 def test_mlrec_distill_command_and_evaluate(tmp_path, tiny_shards, teacher):
     args = [
