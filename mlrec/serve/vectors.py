@@ -24,6 +24,7 @@ import numpy as np
 import yaml
 
 from mlrec.config import Config, ConfigError
+from mlrec.data.items import sha256
 from mlrec.export.backends import Backend, load_backend, onnx_path
 from mlrec.export.hf import CATALOG_DIR, CONFIG_FILE, HEADS_FILE
 from mlrec.serve.catalog import Catalog
@@ -46,14 +47,6 @@ def _metadata_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _item_encoder_files(root: Path, backend: str) -> list[Path]:
     if backend == "torch":
         # model*.safetensors also covers sharded weights (model-00001-of-00002.safetensors ...)
@@ -70,7 +63,7 @@ def sources(export_dir: str | Path, backend: str) -> dict[str, str]:
     root = Path(export_dir)
     catalog = [root / CATALOG_DIR / "tokens.npy", root / CATALOG_DIR / "index.tsv"]
     files = catalog + _item_encoder_files(root, backend)
-    out = {path.relative_to(root).as_posix(): _sha256(path) for path in files}
+    out = {path.relative_to(root).as_posix(): sha256(path) for path in files}
     if backend == "torch":
         # pooling and projection_dim shape the vectors but live in the saved config, next to
         # settings (serve.*) that do not: only the model section counts
