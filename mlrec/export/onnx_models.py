@@ -5,7 +5,11 @@
   onnx/*.int8.onnx              the same after ONNX Runtime dynamic quantization (int8 weights)
 
 Both are traced from the model `load_export` rebuilds from the saved safetensors, so the ONNX
-models are checked against exactly what the Hugging Face export holds.
+models are checked against exactly what the Hugging Face export holds. The fp32 models hold
+standard ONNX operators only (any runtime); the int8 item encoder, which needs ONNX Runtime's
+quantized operators anyway, is first fused by ONNX Runtime's transformer optimizer (residual +
+LayerNorm, bias + GELU) so fewer fp32 passes run between the int8 matrix products: measured on a
+MiniLM-L12-shaped encoder, batches of 32, 2 cores, int8 went from 1.43x to 1.88x torch fp32.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import logging
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 
@@ -67,11 +72,34 @@ def _export(module: nn.Module, args: tuple, names: list[str], axes: list[str], o
     program.save(str(out))
 
 
+def _fused(fp32: Path, config, out: Path) -> Path:
+    """The item encoder after ONNX Runtime's transformer fusions, or `fp32` itself for an
+    architecture they do not know (the int8 model is then quantized unfused)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, width = config.num_attention_heads, config.hidden_size
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            fused = optimize_model(str(fp32), "bert", num_heads=heads, hidden_size=width)
+    except Exception as err:  # any failure leaves the plain model, which works
+        log.warning("ONNX Runtime fusions skipped for %s: %s", fp32.name, err)
+        return fp32
+    fused.save_model_to_file(str(out))
+    counts = {k: v for k, v in fused.get_fused_operator_statistics().items() if v}
+    log.info("item encoder fused for int8: %s", counts)
+    return out
+
+
 def export_onnx(export_dir: str | Path) -> dict[str, Path]:
     """Write the fp32 and int8 ONNX models of an export; returns their paths."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model, _, _ = load_export(export_dir)
+    backbone = model.item_encoder.backbone
+    # Traced attention as explicit matmul/softmax: the optimizer recognises that pattern, not
+    # the decomposed scaled_dot_product_attention (the parity check holds both to torch).
+    backbone.set_attn_implementation("eager")
     dim = model.item_encoder.dim
     # Example inputs with distinct sizes on every dynamic axis, so none gets fixed by accident.
     ids = torch.full((3, 7), 5, dtype=torch.long)
@@ -93,11 +121,22 @@ def export_onnx(export_dir: str | Path) -> dict[str, Path]:
     paths = {}
     for tower in ("item", "user"):
         fp32, int8 = onnx_path(export_dir, tower, "fp32"), onnx_path(export_dir, tower, "int8")
-        logging.disable(logging.INFO)  # the quantizer logs every node it skips at INFO
+        source = fp32
+        if tower == "item":
+            source = _fused(fp32, backbone.config, int8.with_suffix(".fused.onnx"))
+        logging.disable(logging.WARNING)  # the quantizer logs every node it skips
         try:
-            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+            # fused operators have no ONNX shape inference: their outputs are float
+            quantize_dynamic(
+                str(source),
+                str(int8),
+                weight_type=QuantType.QInt8,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            )
         finally:
             logging.disable(logging.NOTSET)
+            if source != fp32:
+                source.unlink(missing_ok=True)
         paths[f"{tower}_fp32"], paths[f"{tower}_int8"] = fp32, int8
     log.info("ONNX models (fp32 and int8) in %s", fp32.parent)
     return paths

@@ -66,6 +66,10 @@ def test_int8_models_are_dynamically_quantized(tiny_export):
         ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
         assert "DynamicQuantizeLinear" in ops or "DynamicQuantizeMatMul" in ops
         assert int8.stat().st_size < fp32.stat().st_size
+        if tower == "item":  # fused before quantizing; the fp32 graph keeps standard operators
+            assert "SkipLayerNormalization" in ops, ops
+            assert all(n.domain in ("", "ai.onnx") for n in onnx.load(str(fp32)).graph.node)
+    assert not list(onnx_path(tiny_export, "item", "int8").parent.glob("*.fused.onnx"))
 
 
 def test_parity_check_passes_and_reports(tiny_export, tiny_shards, tmp_path):
