@@ -7,9 +7,9 @@
 Both are traced from the model `load_export` rebuilds from the saved safetensors, so the ONNX
 models are checked against exactly what the Hugging Face export holds. The fp32 models hold
 standard ONNX operators only (any runtime); the int8 item encoder, which needs ONNX Runtime's
-quantized operators anyway, is first fused by ONNX Runtime's transformer optimizer (residual +
-LayerNorm, bias + GELU) so fewer fp32 passes run between the int8 matrix products: measured on a
-MiniLM-L12-shaped encoder, batches of 32, 2 cores, int8 went from 1.43x to 1.88x torch fp32.
+quantized operators anyway, is first fused by ONNX Runtime's transformer optimizer (bias + GELU;
+not residual + LayerNorm, see backends.py) so fewer fp32 passes run between the int8 matrix
+products.
 """
 
 from __future__ import annotations
@@ -75,13 +75,20 @@ def _export(module: nn.Module, args: tuple, names: list[str], axes: list[str], o
 def _fused(fp32: Path, config, out: Path) -> Path:
     """The item encoder after ONNX Runtime's transformer fusions, or `fp32` itself for an
     architecture they do not know (the int8 model is then quantized unfused)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, width = config.num_attention_heads, config.hidden_size
+    options = FusionOptions("bert")
+    # ONNX Runtime's CPU SkipLayerNormalization ran slower than Add + LayerNormalization (see
+    # mlrec.export.backends.SESSION_DISABLED_FUSIONS)
+    options.enable_skip_layer_norm = False
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            fused = optimize_model(str(fp32), "bert", num_heads=heads, hidden_size=width)
+            fused = optimize_model(
+                str(fp32), "bert", num_heads=heads, hidden_size=width, optimization_options=options
+            )
     except Exception as err:  # any failure leaves the plain model, which works
         log.warning("ONNX Runtime fusions skipped for %s: %s", fp32.name, err)
         return fp32
