@@ -28,6 +28,8 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -253,7 +255,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         for name, shape in SHAPES.items():
             started = time.perf_counter()
-            export, parity = build_export(Path(tmp) / name, shape)
+            # Built in a child process: tracing and quantizing leave this process in a state
+            # (torch's compile and thread pools) that slowed ONNX Runtime here by a quarter;
+            # a serving process does not build its models either.
+            with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+                export, parity = pool.submit(build_export, Path(tmp) / name, shape).result()
             export_s = time.perf_counter() - started
             encoders = bench_encoders(export, rounds, calls)
             shapes[name] = summarise(shape, export_s, encoders, parity)
