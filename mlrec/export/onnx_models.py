@@ -131,7 +131,8 @@ def export_onnx(export_dir: str | Path) -> dict[str, Path]:
         source = fp32
         if tower == "item":
             source = _fused(fp32, backbone.config, int8.with_suffix(".fused.onnx"))
-        logging.disable(logging.WARNING)  # the quantizer logs every node it skips
+        # the quantizer logs every node it skips, and warns on the root logger to pre-process
+        logging.disable(logging.WARNING)
         try:
             # fused operators have no ONNX shape inference: their outputs are float
             quantize_dynamic(

@@ -21,9 +21,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from mlrec.config import Config, ConfigError
+from mlrec.config import Config, ConfigError, read_yaml
 from mlrec.data.items import sha256
 from mlrec.export.backends import Backend, load_backend, onnx_path
 from mlrec.export.hf import CATALOG_DIR, CONFIG_FILE, HEADS_FILE
@@ -67,7 +66,7 @@ def sources(export_dir: str | Path, backend: str) -> dict[str, str]:
     if backend == "torch":
         # pooling and projection_dim shape the vectors but live in the saved config, next to
         # settings (serve.*) that do not: only the model section counts
-        saved = yaml.safe_load((root / CONFIG_FILE).read_text(encoding="utf-8"))
+        saved = read_yaml((root / CONFIG_FILE).read_text(encoding="utf-8"))
         model = json.dumps(saved.get("model", {}), sort_keys=True).encode()
         out[f"{CONFIG_FILE}:model"] = hashlib.sha256(model).hexdigest()
     return out

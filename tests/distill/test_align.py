@@ -8,13 +8,15 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
 
 from mlrec.config import ConfigError, load_config
 from mlrec.distill.align import align
 from mlrec.distill.pairs import load_pairs, mo_language
 from mlrec.distill.retrieval import top1
 from mlrec.distill.teachers import cached_embeddings
+from mlrec.models.recommender import ItemEncoder
 from tests.conftest import TINY
 
 
@@ -156,6 +158,16 @@ def test_alignment_learns_to_retrieve_unseen_translations(tmp_path):
     backbone = AutoModel.from_pretrained(str(out))
     assert backbone.config.hidden_size == 32 and (out / "align_head.safetensors").is_file()
     assert json.loads((out / "align.json").read_text())["teacher"] == "test:words-v1"
+    # the saved head maps into the teacher's own scale (unit-norm vectors here), though the
+    # student regressed targets scaled by record["target_scale"]
+    assert record["target_scale"] > 3
+    head = load_file(str(out / "align_head.safetensors"))
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    enc = tokenizer(["the cat sleeps", "a dog runs fast"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pooled = ItemEncoder(backbone.eval(), "mean", 0)(enc["input_ids"], enc["attention_mask"])
+    projected = pooled @ head["weight"].T + head["bias"]
+    assert 0.3 < float(projected.norm(dim=1).mean()) < 2.0
 
     embedded = teacher.calls
     again = _cfg(
