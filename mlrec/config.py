@@ -106,6 +106,9 @@ class ModelConfig:
     user_encoder: str = "attention"  # attention (NRMS-style) | mean
     user_heads: int = 4
     dropout: float = 0.1
+    # a batch's items are encoded in up to this many groups of similar length, each padded only
+    # to its own longest item (mlrec.models.length_groups); 0 encodes the padded block as given
+    length_buckets: int = 4
     trust_remote_code: bool = False
 
 
@@ -118,6 +121,9 @@ class AdapterConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)  # [] picks per architecture
+    # LoRA layers computed through their merged weight (mlrec.models.fused_lora): same function,
+    # fewer passes over the activations; false runs peft's own forward
+    fused: bool = True
     # A randomly initialised encoder learns nothing through low-rank updates alone, so the
     # quickstart also trains the embeddings; a pretrained encoder would leave this empty.
     # (peft matches these as name suffixes: "embeddings" alone would also wrap the modules
@@ -322,6 +328,7 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "model.intermediate_size": _POSITIVE,
     "model.projection_dim": _NON_NEGATIVE,
     "model.user_heads": _POSITIVE,
+    "model.length_buckets": _NON_NEGATIVE,
     "model.dropout": _FRACTION,
     "adapter.r": _POSITIVE,
     "adapter.alpha": _POSITIVE,

@@ -2,25 +2,32 @@
 
     python tools/bench_train.py --out bench-train.json [--quick]
 
-Both sides train the same recommender (an XLM-R-style encoder, hidden 256, 4 layers, LoRA, NRMS
-user encoder; 10 history items, 1 positive + 4 negatives, batches of 16) with the same optimizer
-on the same synthetic corpus, in one process with 2 threads.
+Both sides train the same recommender (an XLM-R-style encoder, hidden 256, 4 layers, LoRA r=8 on
+attention and feed-forward layers, NRMS user encoder; 10 history items, 1 positive + 4 negatives,
+batches of 16) from the same weights on the same synthetic corpus, in one process with 2 threads.
 
-- mlrec: `Trainer.train_step` on batches streamed from the pre-tokenised shards (each distinct item
-  of a batch encoded once, dynamic padding).
-- naive: what a first version usually looks like: a map-style Dataset over the behaviors TSV whose
-  `__getitem__` tokenises the history and candidate titles with the Hugging Face fast tokenizer and
-  pads them to max_length, a DataLoader batching those samples, and a training step that loops
-  over the samples of the batch, encoding every history item and candidate separately.
+- mlrec: `Trainer.train_step` with the default settings, on batches streamed from the
+  pre-tokenised shards: each distinct item of a batch encoded once, in up to 4 length groups
+  padded to their own longest item (`model.length_buckets`), LoRA layers through their merged
+  weight (`adapter.fused`), torch's fused AdamW.
+- naive: what a first version usually looks like, on a copy of the model with peft's own LoRA
+  forward: a map-style Dataset over the behaviors TSV whose `__getitem__` tokenises the history
+  and candidate titles with the Hugging Face fast tokenizer and pads them to max_length, a
+  DataLoader batching those samples, and a training step that loops over the samples of the
+  batch, encoding every history item and candidate separately; torch's default AdamW.
+- ablation: mlrec's trainer with peft's LoRA forward and one padded block per batch, to show what
+  the two settings are worth on their own (`mlrec_without_fused_and_groups_*`).
 
-The two are timed alternately in rounds (the machine is shared and noisy) and medians reported.
-FLOPs of one mlrec step (forward and backward) are counted with torch.utils.flop_counter and
-compared with the matmul peak of this machine, measured in the same run.
+The three are timed alternately in rounds (the machine is shared and noisy) and medians reported.
+FLOPs of mlrec steps (forward and backward) are counted with torch.utils.flop_counter and
+compared with this machine's fp32 matmul peak (the best of three square sizes), measured in the
+same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -37,6 +44,7 @@ from mlrec.config import load_config
 from mlrec.data.corpus import behaviors_file, news_files
 from mlrec.data.mind import read_behaviors, read_news
 from mlrec.data.shards import build_shards
+from mlrec.models.fused_lora import fuse_lora, unfuse_lora
 from mlrec.train.trainer import Trainer
 
 MODEL = [
@@ -109,16 +117,20 @@ def naive_step(model, optimizer, batch) -> float:
     return loss.item()
 
 
-def matmul_peak_flops(n: int = 1024, repeats: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / min(times)
+def matmul_peak_flops(sizes=(512, 1024, 2048), repeats: int = 10) -> dict[int, float]:
+    """Best fp32 FLOP/s of an n x n matmul, per size."""
+    peaks = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        peaks[n] = 2 * n**3 / min(times)
+    return peaks
 
 
 def main() -> None:
@@ -128,7 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(2)
-    rounds, steps = (2, 2) if args.quick else (5, 5)
+    rounds, steps = (6, 3) if args.quick else (12, 4)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     sizes = [
         "data.synthetic.num_news=1500",
@@ -144,6 +156,9 @@ def main() -> None:
     trainer.model.train()
     batches = trainer.batches()
     model = trainer.recommender
+    naive_model = copy.deepcopy(model)
+    unfuse_lora(naive_model)
+    naive_model.item_encoder.length_buckets = 0
     naive_data = NaiveDataset(cfg, trainer.tokenizer, cfg.data.negatives, cfg.seed)
     naive_loader = DataLoader(
         naive_data,
@@ -155,37 +170,58 @@ def main() -> None:
     )
     naive_batches = iter(naive_loader)
     naive_optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr
+        [p for p in naive_model.parameters() if p.requires_grad], lr=cfg.train.lr
     )
     batch = cfg.data.batch_size
-    start = time.perf_counter()
-    trainer.train_step(batches)  # warm up both paths (allocator, worker start)
-    print(f"mlrec warm-up step {time.perf_counter() - start:.1f} s", flush=True)
-    start = time.perf_counter()
-    naive_step(model, naive_optimizer, next(naive_batches))
-    print(f"naive warm-up step {time.perf_counter() - start:.1f} s", flush=True)
 
-    mlrec_rates, naive_rates, step_times = [], [], []
+    def mlrec_settings(default: bool) -> None:
+        (fuse_lora if default else unfuse_lora)(model)
+        model.item_encoder.length_buckets = cfg.model.length_buckets if default else 0
+
+    def timed(step) -> tuple[float, list[float]]:
+        """samples/s over `steps` steps, and each step's own time"""
+        times = []
+        start = time.perf_counter()
+        for _ in range(steps):
+            times.append(step())
+        return steps * batch / (time.perf_counter() - start), times
+
+    def naive() -> float:
+        start = time.perf_counter()
+        naive_step(naive_model, naive_optimizer, next(naive_batches))
+        return time.perf_counter() - start
+
+    def mlrec() -> float:
+        return trainer.train_step(batches)["step_time_s"]
+
+    start = time.perf_counter()
+    for _ in range(3):  # warm up every path (allocator, loader workers, first-call costs)
+        mlrec()
+        naive()
+    print(f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
+
+    rates: dict[str, list[float]] = {"mlrec": [], "naive": [], "ablation": []}
+    step_times: dict[str, list[float]] = {name: [] for name in rates}
     for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step_times.append(trainer.train_step(batches)["step_time_s"])
-        mlrec_rates.append(steps * batch / (time.perf_counter() - start))
-        start = time.perf_counter()
-        for _ in range(steps):
-            naive_step(model, naive_optimizer, next(naive_batches))
-        naive_rates.append(steps * batch / (time.perf_counter() - start))
-        print(
-            f"round: mlrec {mlrec_rates[-1]:.1f} samples/s, naive {naive_rates[-1]:.1f}", flush=True
-        )
+        for name in rates:
+            mlrec_settings(name != "ablation")
+            rate, times = timed(naive if name == "naive" else mlrec)
+            rates[name].append(rate)
+            step_times[name].extend(times)
+        print("round: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items()), flush=True)
+    mlrec_settings(True)
 
+    counted = 3
     with FlopCounterMode(display=False) as counter:
-        trainer.train_step(batches)
-    flops_per_step = counter.get_total_flops()
-    peak = matmul_peak_flops()
-    step_time = statistics.median(step_times)
+        for _ in range(counted):
+            mlrec()
+    flops_per_step = counter.get_total_flops() / counted
+    peaks = matmul_peak_flops()
+    peak = max(peaks.values())
+    step_time = statistics.median(step_times["mlrec"])
     achieved = flops_per_step / step_time
     trainer.close()
+    median = {name: statistics.median(values) for name, values in rates.items()}
 
     result = {
         "quick": args.quick,
@@ -194,14 +230,20 @@ def main() -> None:
         "steps_per_round": steps,
         "batch_size": batch,
         "threads": torch.get_num_threads(),
-        "mlrec_samples_per_s": mlrec_rates,
-        "naive_samples_per_s": naive_rates,
-        "mlrec_samples_per_s_median": statistics.median(mlrec_rates),
-        "naive_samples_per_s_median": statistics.median(naive_rates),
-        "train_speedup_vs_naive": statistics.median(mlrec_rates) / statistics.median(naive_rates),
+        "mlrec_samples_per_s": rates["mlrec"],
+        "naive_samples_per_s": rates["naive"],
+        "mlrec_without_fused_and_groups_samples_per_s": rates["ablation"],
+        "mlrec_samples_per_s_median": median["mlrec"],
+        "naive_samples_per_s_median": median["naive"],
+        "mlrec_without_fused_and_groups_samples_per_s_median": median["ablation"],
+        "train_speedup_vs_naive": median["mlrec"] / median["naive"],
+        "fused_and_groups_speedup": median["mlrec"] / median["ablation"],
         "mlrec_step_time_s_median": step_time,
+        "naive_step_time_s_median": statistics.median(step_times["naive"]),
         "flops_per_step": flops_per_step,
+        "flops_counted_over_steps": counted,
         "achieved_flops_per_s": achieved,
+        "matmul_peak_flops_per_s_by_size": {str(n): v for n, v in peaks.items()},
         "matmul_peak_flops_per_s": peak,
         "mfu_cpu": achieved / peak,
     }

@@ -81,7 +81,9 @@ def load_export(export_dir: str | Path) -> tuple[Recommender, object, Config]:
         yaml.safe_load((export_dir / CONFIG_FILE).read_text()), str(export_dir / CONFIG_FILE)
     )
     backbone = load_backbone(str(export_dir), cfg.model.trust_remote_code)
-    item_encoder = ItemEncoder(backbone, cfg.model.pooling, cfg.model.projection_dim)
+    item_encoder = ItemEncoder(
+        backbone, cfg.model.pooling, cfg.model.projection_dim, cfg.model.length_buckets
+    )
     model = Recommender(item_encoder, build_user_encoder(cfg.model, item_encoder.dim))
     heads = load_file(str(export_dir / HEADS_FILE))
     item_encoder.projection.load_state_dict(

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel, XLMRobertaConfig
 
 from mlrec.config import ModelConfig
+from mlrec.models.length_groups import length_groups
 
 
 def build_backbone(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
@@ -68,17 +69,47 @@ def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> PreTrai
 
 
 class ItemEncoder(nn.Module):
-    """Token ids -> one vector per item."""
+    """Token ids -> one vector per item.
 
-    def __init__(self, backbone: PreTrainedModel, pooling: str, projection_dim: int) -> None:
+    With `length_buckets` > 0, the items are encoded in up to that many groups of similar length,
+    each cut to its longest item (`mlrec.models.length_groups`): the same vectors, less padding.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        pooling: str,
+        projection_dim: int,
+        length_buckets: int = 0,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         width = backbone.config.hidden_size
         self.projection = nn.Linear(width, projection_dim) if projection_dim else nn.Identity()
         self.dim = projection_dim or width
+        self.length_buckets = length_buckets
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # an exported graph (ONNX) takes one padded block: the grouping is data-dependent
+        if not self.length_buckets or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.encode(input_ids, attention_mask)
+        groups = length_groups(attention_mask, self.length_buckets)
+        if len(groups) == 1:
+            return self.encode(input_ids[:, : groups[0][1]], attention_mask[:, : groups[0][1]])
+        vectors = torch.cat(
+            [
+                self.encode(input_ids[rows, :width], attention_mask[rows, :width])
+                for rows, width in groups
+            ]
+        )
+        order = torch.cat([rows for rows, _ in groups])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return vectors[inverse]
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One padded block of items -> their vectors."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
@@ -189,6 +220,9 @@ class Recommender(nn.Module):
 
 def build_recommender(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Recommender:
     item_encoder = ItemEncoder(
-        build_backbone(cfg, vocab_size, pad_token_id), cfg.pooling, cfg.projection_dim
+        build_backbone(cfg, vocab_size, pad_token_id),
+        cfg.pooling,
+        cfg.projection_dim,
+        cfg.length_buckets,
     )
     return Recommender(item_encoder, build_user_encoder(cfg, item_encoder.dim))

@@ -1,0 +1,171 @@
+"""The merged-weight LoRA forward computes peft's function and gradients, and falls back to peft's
+forward wherever it would not."""
+
+import copy
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora.layer import Linear as LoraLinear
+from safetensors.torch import load_file
+from torch import nn
+
+from mlrec.config import load_config
+from mlrec.models.adapters import adapt_backbone, merged_backbone
+from mlrec.models.fused_lora import FusedLoraLinear, fuse_lora, unfuse_lora
+from mlrec.models.recommender import build_recommender
+
+
+class TwoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = nn.Linear(16, 48)
+        self.down = nn.Linear(48, 8, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+def _pair(dropout: float = 0.0, train_base: bool = False):
+    torch.manual_seed(0)
+    # init_lora_weights=False: B starts non-zero, so every gradient path carries signal
+    config = LoraConfig(
+        r=4,
+        lora_alpha=12,
+        lora_dropout=dropout,
+        target_modules=["up", "down"],
+        init_lora_weights=False,
+    )
+    peft_model = get_peft_model(TwoLayers(), config)
+    if train_base:
+        for name, param in peft_model.named_parameters():
+            if "base_layer" in name:
+                param.requires_grad_(True)
+    fused = copy.deepcopy(peft_model)
+    assert fuse_lora(fused) == 2
+    return peft_model, fused
+
+
+def _forward_backward(model, x, autocast: bool = False):
+    model.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        y = model(x)
+    (y.float() ** 2).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return y.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("train_base", [False, True])
+def test_same_outputs_and_gradients_as_peft(train_base):
+    peft_model, fused = _pair(train_base=train_base)
+    x = torch.randn(3, 7, 16)
+    y0, dx0, g0 = _forward_backward(peft_model, x)
+    y1, dx1, g1 = _forward_backward(fused, x)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx1, dx0, rtol=1e-5, atol=1e-5)
+    assert g1.keys() == g0.keys()
+    assert any("lora_A" in n for n in g0) and any("lora_B" in n for n in g0)
+    assert any("base_layer" in n for n in g0) == train_base
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_bf16_autocast_matches_peft_in_bf16():
+    peft_model, fused = _pair()
+    x = torch.randn(4, 5, 16)
+    y0, dx0, g0 = _forward_backward(peft_model, x, autocast=True)
+    y1, dx1, g1 = _forward_backward(fused, x, autocast=True)
+    assert y1.dtype == y0.dtype == torch.bfloat16 and dx1.dtype == torch.float32
+    assert all(g1[n].dtype == torch.float32 for n in g1)
+    # bf16 keeps 8 bits of mantissa: the two orders of summation agree to about 1%
+    torch.testing.assert_close(y1.float(), y0.float(), rtol=0.03, atol=0.03)
+    for name in g0:
+        scale = g0[name].abs().max()
+        assert (g1[name] - g0[name]).abs().max() <= 0.03 * scale, name
+
+
+def test_falls_back_to_peft_where_merging_would_change_the_function():
+    # dropout on the LoRA input only: the merged weight would drop the base path too
+    peft_model, fused = _pair(dropout=0.5)
+    x = torch.randn(2, 3, 16)
+    torch.manual_seed(1)
+    y0 = peft_model(x)
+    torch.manual_seed(1)
+    y1 = fused(x)
+    torch.testing.assert_close(y1, y0, rtol=0, atol=0)  # the very same computation
+    # in eval mode dropout is the identity, and the merged path is used (same function)
+    torch.testing.assert_close(fused.eval()(x), peft_model.eval()(x), rtol=1e-5, atol=1e-5)
+
+    peft_model, fused = _pair()
+    with fused.disable_adapter(), peft_model.disable_adapter():
+        torch.testing.assert_close(fused(x), peft_model.base_model.model(x))
+    fused.merge_adapter()
+    peft_model.merge_adapter()
+    torch.testing.assert_close(fused(x), peft_model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_adapter_files_and_merge_are_peft_s(tmp_path):
+    peft_model, fused = _pair()
+    peft_model.save_pretrained(tmp_path / "peft")
+    fused.save_pretrained(tmp_path / "fused")
+    a = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "fused" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and len(a) == 4
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    x = torch.randn(2, 16)
+    expected = fused(x)
+    merged = fused.merge_and_unload()
+    assert not any(isinstance(m, LoraLinear) for m in merged.modules())
+    torch.testing.assert_close(merged(x), expected, rtol=1e-5, atol=1e-5)
+    assert unfuse_lora(peft_model) == 0  # nothing fused there to undo
+
+
+def test_adapter_config_switches_fusion_and_training_matches_peft():
+    def build(fused: bool):
+        torch.manual_seed(0)
+        cfg = load_config(
+            None,
+            [
+                "model.hidden_size=32",
+                "model.num_heads=2",
+                "model.user_heads=2",
+                "model.intermediate_size=64",
+                "model.dropout=0.0",
+                f"adapter.fused={str(fused).lower()}",
+            ],
+        )
+        model = build_recommender(cfg.model, vocab_size=300, pad_token_id=1)
+        model.item_encoder.backbone = adapt_backbone(model.item_encoder.backbone, cfg.adapter, 10)
+        return model
+
+    models = {fused: build(fused) for fused in (False, True)}
+    kinds = {f: {type(m) for m in model.modules()} for f, model in models.items()}
+    assert FusedLoraLinear in kinds[True] and LoraLinear not in kinds[True]
+    assert FusedLoraLinear not in kinds[False] and LoraLinear in kinds[False]
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 300, (12, 9), generator=gen)
+    mask = torch.arange(9)[None] < torch.randint(2, 10, (12, 1), generator=gen)
+    history = torch.randint(0, 12, (4, 5), generator=gen)
+    candidates = torch.randint(0, 12, (4, 3), generator=gen)
+    losses = {}
+    for fused, model in models.items():
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-2)
+        losses[fused] = []
+        for _ in range(5):
+            scores = model(
+                ids, mask, history, torch.ones_like(history, dtype=torch.bool), candidates
+            )
+            loss = nn.functional.cross_entropy(scores, torch.zeros(4, dtype=torch.long))
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses[fused].append(loss.item())
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+    assert losses[True][-1] < losses[True][0]  # it trains
+    plain = merged_backbone(models[True].item_encoder.backbone)
+    assert not any(isinstance(m, LoraLinear) for m in plain.modules())
