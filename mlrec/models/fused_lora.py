@@ -1,4 +1,4 @@
-"""LoRA layers computed through their merged weight: one matmul instead of three plus two passes.
+"""LoRA layers without their elementwise passes: the update folded into the base matmul.
 
 peft computes a LoRA Linear as `base(x) + lora_B(lora_A(x)) * scaling`: besides the base matmul
 that is two rank-r matmuls over the activations, a multiply and an add, each a full pass over a
@@ -7,17 +7,18 @@ gradients. Those passes are bound by memory bandwidth, not arithmetic: in mlrec'
 benchmark (256-wide encoder, r=8, about 5,500 tokens a step, 2 CPU cores) they took about a
 sixth of every step.
 
-Here the layer is computed from W' = W + scaling * B @ A (a rank-r update of a small matrix):
+In fp32 the layer is computed from W' = W + scaling * B @ A (a rank-r update of a small matrix):
 
     forward:  y = x @ W'^T + b,            xa = x @ A^T (kept for B's gradient)
     backward: dx = dy @ W'
               dA = scaling * (dy @ B)^T @ x
               dB = scaling * dy^T @ xa
 
-which is the same function and the same gradients as peft's forward (up to float rounding), with
-no elementwise passes over the activations left. W' is rebuilt in the backward pass rather than
-stored, so the activation memory is peft's. Under autocast the matmuls run in the autocast dtype,
-as peft's would.
+the same function and gradients as peft's (up to float rounding), with no elementwise pass over
+the activations left. W' is rebuilt in the backward pass rather than stored, so the activation
+memory is peft's. In bf16/fp16 (autocast, or half-precision weights) the update is not folded
+into W', where rounding would swallow an update smaller than W's rounding step; it is added to
+the base product by the same matmul call (addmm into the output), which rounds once.
 
 Only plain LoRA on nn.Linear is fused; everything else (dropout on the LoRA input, DoRA and other
 variants, several active adapters, merged or disabled adapters, LoRA bias, quantised base layers,
@@ -33,15 +34,29 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
 
-class _MergedLoraLinear(torch.autograd.Function):
+class _FusedLoraLinear(torch.autograd.Function):
+    """y = x @ W^T + b + scaling * (x @ A^T) @ B^T with its gradients, in `dtype`.
+
+    In fp32 the LoRA update is folded into the weight (W' = W + scaling * B @ A, one matmul each
+    way). In bf16/fp16 it is not: a LoRA update far smaller than W's own rounding step would be
+    lost in W', so there the update is accumulated into the base product instead (addmm with
+    beta=1, still no separate elementwise pass), which rounds once, as peft's sum does.
+    """
+
     @staticmethod
     def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype: torch.dtype):
-        merged = torch.addmm(weight, lora_b, lora_a, alpha=scaling).to(dtype)
+        merge = dtype in (torch.float32, torch.float64)
         flat = x.reshape(-1, x.shape[-1]).to(dtype)
-        out = flat @ merged.t() if bias is None else torch.addmm(bias.to(dtype), flat, merged.t())
-        xa = flat @ lora_a.to(dtype).t()
+        a = lora_a.to(dtype)
+        xa = flat @ a.t()
+        base = torch.addmm(weight, lora_b, lora_a, alpha=scaling) if merge else weight
+        base = base.to(dtype)
+        out = flat @ base.t() if bias is None else torch.addmm(bias.to(dtype), flat, base.t())
+        if not merge:
+            out.addmm_(xa, lora_b.to(dtype).t(), alpha=scaling)
         ctx.save_for_backward(flat, weight, bias, lora_a, lora_b, xa)
-        ctx.scaling, ctx.dtype, ctx.x_shape, ctx.x_dtype = scaling, dtype, x.shape, x.dtype
+        ctx.scaling, ctx.dtype, ctx.merge = scaling, dtype, merge
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         return out.view(*x.shape[:-1], out.shape[-1])
 
     @staticmethod
@@ -51,11 +66,15 @@ class _MergedLoraLinear(torch.autograd.Function):
         grad = grad_out.reshape(-1, grad_out.shape[-1]).to(dtype)
         need_x, need_w, need_b, need_a, need_lb = ctx.needs_input_grad[:5]
         grad_x = grad_w = grad_bias = grad_a = grad_lb = None
+        grad_xa = grad @ lora_b.to(dtype) if need_a or (need_x and not ctx.merge) else None
         if need_x:
-            merged = torch.addmm(weight, lora_b, lora_a, alpha=s).to(dtype)
-            grad_x = (grad @ merged).view(ctx.x_shape).to(ctx.x_dtype)
+            if ctx.merge:  # W' is rebuilt rather than kept: activation memory stays peft's
+                grad_x = grad @ torch.addmm(weight, lora_b, lora_a, alpha=s).to(dtype)
+            else:
+                grad_x = (grad @ weight.to(dtype)).addmm_(grad_xa, lora_a.to(dtype), alpha=s)
+            grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         if need_a:
-            grad_a = ((grad @ lora_b.to(dtype)).t() @ flat).to(lora_a.dtype).mul_(s)
+            grad_a = (grad_xa.t() @ flat).to(lora_a.dtype).mul_(s)
         if need_lb:
             grad_lb = (grad.t() @ xa).to(lora_b.dtype).mul_(s)
         # the base weight and bias are frozen under LoRA; they get gradients only if unfrozen
@@ -67,7 +86,7 @@ class _MergedLoraLinear(torch.autograd.Function):
 
 
 class FusedLoraLinear(LoraLinear):
-    """peft's LoRA Linear with a merged-weight forward where that is the same function.
+    """peft's LoRA Linear with the fused forward where that is the same function.
 
     Same parameters, state dict, merge/unmerge and adapter files as peft's class; only `forward`
     differs, and it falls back to peft's whenever the layer is not plain, active, single LoRA.
@@ -108,7 +127,7 @@ class FusedLoraLinear(LoraLinear):
         else:  # mixed dtypes without autocast: peft's casting rules apply
             return super().forward(x, *args, **kwargs)
         with torch.autocast(device, enabled=False):
-            return _MergedLoraLinear.apply(
+            return _FusedLoraLinear.apply(
                 x,
                 weight,
                 self.base_layer.bias,
@@ -120,7 +139,7 @@ class FusedLoraLinear(LoraLinear):
 
 
 def fuse_lora(model: nn.Module) -> int:
-    """Give every plain peft LoRA Linear in `model` the merged-weight forward; returns how many."""
+    """Give every plain peft LoRA Linear in `model` the fused forward; returns how many."""
     count = 0
     for module in model.modules():
         if type(module) is LoraLinear:

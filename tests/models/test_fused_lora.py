@@ -169,3 +169,26 @@ def test_adapter_config_switches_fusion_and_training_matches_peft():
     assert losses[True][-1] < losses[True][0]  # it trains
     plain = merged_backbone(models[True].item_encoder.backbone)
     assert not any(isinstance(m, LoraLinear) for m in plain.modules())
+
+
+def test_half_precision_weights_keep_an_update_below_the_weights_rounding_step():
+    # base row [1, -1] on x = [1, 1] gives exactly 0; the LoRA update adds 1e-3 to the first
+    # weight, less than bf16's step at 1.0 (2^-7): folded into the weight it would vanish
+    layer = nn.Linear(2, 1, bias=False)
+    config = LoraConfig(r=1, lora_alpha=1, target_modules=["0"], init_lora_weights=False)
+    models = {}
+    for fused in (False, True):
+        model = get_peft_model(nn.Sequential(copy.deepcopy(layer)), config)
+        if fused:
+            fuse_lora(model)
+        lora = model.base_model.model[0]
+        with torch.no_grad():
+            lora.base_layer.weight.copy_(torch.tensor([[1.0, -1.0]]))
+            lora.lora_A["default"].weight.copy_(torch.tensor([[1.0, 0.0]]))
+            lora.lora_B["default"].weight.fill_(1e-3)
+        models[fused] = model.to(torch.bfloat16)
+    x = torch.ones(1, 2, dtype=torch.bfloat16)
+    out = {fused: model(x).float().item() for fused, model in models.items()}
+    assert out[True] == pytest.approx(1e-3, rel=0.01) and out[False] == pytest.approx(
+        1e-3, rel=0.01
+    )
