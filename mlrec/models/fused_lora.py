@@ -140,19 +140,17 @@ class FusedLoraLinear(LoraLinear):
 
 def fuse_lora(model: nn.Module) -> int:
     """Give every plain peft LoRA Linear in `model` the fused forward; returns how many."""
-    count = 0
-    for module in model.modules():
-        if type(module) is LoraLinear:
-            module.__class__ = FusedLoraLinear
-            count += 1
-    return count
+    return _swap_class(model, LoraLinear, FusedLoraLinear)
 
 
 def unfuse_lora(model: nn.Module) -> int:
     """Back to peft's own forward (benchmarks compare the two on one set of weights)."""
-    count = 0
-    for module in model.modules():
-        if type(module) is FusedLoraLinear:
-            module.__class__ = LoraLinear
-            count += 1
-    return count
+    return _swap_class(model, FusedLoraLinear, LoraLinear)
+
+
+def _swap_class(model: nn.Module, old: type, new: type) -> int:
+    # the two classes share every attribute; only the forward differs
+    swapped = [m for m in model.modules() if type(m) is old]
+    for module in swapped:
+        module.__class__ = new
+    return len(swapped)

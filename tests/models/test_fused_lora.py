@@ -10,10 +10,9 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import load_file
 from torch import nn
 
-from mlrec.config import load_config
 from mlrec.models.adapters import adapt_backbone, merged_backbone
 from mlrec.models.fused_lora import FusedLoraLinear, fuse_lora, unfuse_lora
-from mlrec.models.recommender import build_recommender
+from tests.models.test_recommender import _model
 
 
 class TwoLayers(nn.Module):
@@ -124,19 +123,7 @@ def test_adapter_files_and_merge_are_peft_s(tmp_path):
 
 def test_adapter_config_switches_fusion_and_training_matches_peft():
     def build(fused: bool):
-        torch.manual_seed(0)
-        cfg = load_config(
-            None,
-            [
-                "model.hidden_size=32",
-                "model.num_heads=2",
-                "model.user_heads=2",
-                "model.intermediate_size=64",
-                "model.dropout=0.0",
-                f"adapter.fused={str(fused).lower()}",
-            ],
-        )
-        model = build_recommender(cfg.model, vocab_size=300, pad_token_id=1)
+        model, cfg = _model("model.dropout=0.0", f"adapter.fused={str(fused).lower()}")
         model.item_encoder.backbone = adapt_backbone(model.item_encoder.backbone, cfg.adapter, 10)
         return model
 
