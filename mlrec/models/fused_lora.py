@@ -44,11 +44,11 @@ class _FusedLoraLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype: torch.dtype):
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, dtype, track: bool):
+        # track: autograd records this call (grad mode was on), so the backward will need x @ A^T
         merge = dtype in (torch.float32, torch.float64)
         flat = x.reshape(-1, x.shape[-1]).to(dtype)
-        a = lora_a.to(dtype)
-        xa = flat @ a.t()
+        xa = flat @ lora_a.to(dtype).t() if track or not merge else None
         base = torch.addmm(weight, lora_b, lora_a, alpha=scaling) if merge else weight
         base = base.to(dtype)
         out = flat @ base.t() if bias is None else torch.addmm(bias.to(dtype), flat, base.t())
@@ -82,7 +82,7 @@ class _FusedLoraLinear(torch.autograd.Function):
             grad_w = (grad.t() @ flat).to(weight.dtype)
         if need_b:
             grad_bias = grad.sum(0).to(bias.dtype)
-        return grad_x, grad_w, grad_bias, grad_a, grad_lb, None, None
+        return grad_x, grad_w, grad_bias, grad_a, grad_lb, None, None, None
 
 
 class FusedLoraLinear(LoraLinear):
@@ -135,6 +135,7 @@ class FusedLoraLinear(LoraLinear):
                 self.lora_B[name].weight,
                 self.scaling[name],
                 dtype,
+                torch.is_grad_enabled(),
             )
 
 
