@@ -5,7 +5,8 @@
 Checks, each recorded in the JSON with its figures or its error:
 - bf16 training of a base-sized encoder (XLM-R base shape: hidden 768, 12 layers) with LoRA:
   samples/s and model FLOPs utilisation (FLOPs counted with torch.utils.flop_counter, against the
-  bf16 matmul peak measured on this GPU in the same run);
+  bf16 matmul peak measured on this GPU in the same run), and samples/s with peft's own LoRA
+  forward and one padded block per batch (what fused LoRA and length groups give on a GPU);
 - NCCL: a process group on the GPU and an all-reduce;
 - DeepSpeed ZeRO-3 with LoRA through `accelerate launch --config_file
   launch/accelerate/deepspeed_zero3.yaml` on the real entry point, bf16, adapters saved whole.
@@ -61,6 +62,7 @@ def check_bf16_training(work: Path, steps: int) -> dict:
 
     from mlrec.config import load_config
     from mlrec.data.shards import build_shards
+    from mlrec.models.fused_lora import fuse_lora, unfuse_lora
     from mlrec.train.trainer import Trainer
 
     cfg = load_config(
@@ -79,12 +81,22 @@ def check_bf16_training(work: Path, steps: int) -> dict:
         stats = trainer.train_step(batches)
         times.append(stats["step_time_s"])
         rates.append(stats["samples_per_s"])
+    # the same steps with peft's own LoRA forward and one padded block per batch: what the fused
+    # layers and length groups are worth on a GPU
+    model = trainer.recommender
+    unfuse_lora(model)
+    model.item_encoder.length_buckets = 0
+    ablation = [trainer.train_step(batches)["samples_per_s"] for _ in range(steps)]
+    fuse_lora(model)
+    model.item_encoder.length_buckets = cfg.model.length_buckets
     with FlopCounterMode(display=False) as counter:
         trainer.train_step(batches)
     peak = bf16_peak()
     achieved = counter.get_total_flops() / statistics.median(times)
     result = {
         "samples_per_s_median": statistics.median(rates),
+        "without_fused_lora_and_groups_samples_per_s_median": statistics.median(ablation),
+        "fused_and_groups_speedup": statistics.median(rates) / statistics.median(ablation),
         "step_time_s_median": statistics.median(times),
         "flops_per_step": counter.get_total_flops(),
         "achieved_flops_per_s": achieved,
