@@ -92,6 +92,9 @@ class ItemEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # an exported graph (ONNX) takes one padded block: the grouping is data-dependent
+        if not len(input_ids) and not torch.jit.is_tracing():  # the encoder cannot take 0 rows
+            dtype = self.backbone.get_input_embeddings().weight.dtype
+            return torch.zeros(0, self.dim, device=input_ids.device, dtype=dtype)
         if not self.length_buckets or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
             return self.encode(input_ids, attention_mask)
         groups = length_groups(attention_mask, self.length_buckets)

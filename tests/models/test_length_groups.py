@@ -83,3 +83,5 @@ def test_grouped_encoding_gives_the_same_vectors_and_gradients():
     assert results[4][1].keys() == results[0][1].keys()
     for name, grad in results[0][1].items():
         torch.testing.assert_close(results[4][1][name], grad, rtol=1e-4, atol=1e-5, msg=name)
+    empty = encoder(ids[:0], mask[:0])  # no items: no groups to form
+    assert empty.shape == (0, results[0][0].shape[1])
