@@ -91,11 +91,14 @@ class ItemEncoder(nn.Module):
         self.length_buckets = length_buckets
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # an exported graph (ONNX) takes one padded block: the grouping is data-dependent
-        if not len(input_ids) and not torch.jit.is_tracing():  # the encoder cannot take 0 rows
+        # an exported graph (ONNX) takes one padded block: the grouping is data-dependent, and
+        # so is a test of the batch size, which would fix that size in the graph
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.encode(input_ids, attention_mask)
+        if not len(input_ids):  # the Hugging Face encoder cannot take 0 rows
             dtype = self.backbone.get_input_embeddings().weight.dtype
             return torch.zeros(0, self.dim, device=input_ids.device, dtype=dtype)
-        if not self.length_buckets or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        if not self.length_buckets:
             return self.encode(input_ids, attention_mask)
         groups = length_groups(attention_mask, self.length_buckets)
         if len(groups) == 1:
