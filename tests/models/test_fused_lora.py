@@ -10,6 +10,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import load_file
 from torch import nn
 
+from mlrec.models import fused_lora
 from mlrec.models.adapters import adapt_backbone, merged_backbone
 from mlrec.models.fused_lora import FusedLoraLinear, fuse_lora, unfuse_lora
 from tests.models.test_recommender import _model
@@ -68,6 +69,33 @@ def test_same_outputs_and_gradients_as_peft(train_base):
     assert any("base_layer" in n for n in g0) == train_base
     with torch.no_grad():  # inference skips what only the backward pass needs
         torch.testing.assert_close(fused(x), peft_model(x), rtol=1e-5, atol=1e-5)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("align", [fused_lora.ALIGN, 1])
+@pytest.mark.parametrize(
+    ("n_in", "n_out", "bias", "rank"),
+    [(24, 24, True, 8), (24, 24, False, 5), (40, 24, True, 8), (24, 40, True, 16)],
+)
+def test_stacked_products_give_peft_s_outputs_and_gradients(n_in, n_out, bias, rank, align):
+    # square, narrowing and widening layers take the stacked forward, backward or both, with
+    # padding (rank 5 or 8) or none (rank 16), with and without a bias; align=1: no padding
+    torch.manual_seed(0)
+    config = LoraConfig(r=rank, lora_alpha=16, target_modules=["0"], init_lora_weights=False)
+    peft_model = get_peft_model(nn.Sequential(nn.Linear(n_in, n_out, bias=bias)), config)
+    fused = copy.deepcopy(peft_model)
+    assert fuse_lora(fused) == 1
+    x = torch.randn(2, 9, n_in)
+    y0, dx0, g0 = _forward_backward(peft_model, x)
+    old, fused_lora.ALIGN = fused_lora.ALIGN, align
+    try:
+        y1, dx1, g1 = _forward_backward(fused, x)
+    finally:
+        fused_lora.ALIGN = old
+    assert y1.shape == y0.shape == (2, 9, n_out)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx1, dx0, rtol=1e-5, atol=1e-5)
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=name)
 
