@@ -131,7 +131,7 @@ class _FusedLoraLinear(torch.autograd.Function):
         if need_a:
             grad_a = (grad_xa.t() @ flat).to(lora_a.dtype).mul_(s)
         if need_lb:
-            grad_lb = (grad.t() @ xa).to(lora_b.dtype).mul_(s)
+            grad_lb = (xa.t() @ grad).t().to(lora_b.dtype).mul_(s)
         # the base weight and bias are frozen under LoRA; they get gradients only if unfrozen
         if need_w:
             grad_w = (grad.t() @ flat).to(weight.dtype)
