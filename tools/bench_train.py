@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils import flop_counter
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -118,6 +119,28 @@ def naive_step(model, optimizer, batch) -> float:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+def count_cpu_attention() -> None:
+    """Have FlopCounterMode count the CPU attention kernels too.
+
+    torch.utils.flop_counter has formulas for the GPU flash, efficient and cuDNN attention ops
+    but not for the CPU flash kernel that scaled_dot_product_attention runs here, whose
+    FLOPs it would otherwise leave out; the same formulas apply (its shapes are the same).
+    """
+    aten = torch.ops.aten
+    forward = aten._scaled_dot_product_flash_attention_for_cpu
+    backward = aten._scaled_dot_product_flash_attention_for_cpu_backward
+    if forward in flop_counter.flop_registry or forward.default in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(forward)
+    def _forward(query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query, key, value)
+
+    @flop_counter.register_flop_formula(backward)
+    def _backward(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
 
 
 def matmul_peak_flops(sizes=(1024, 2048), repeats: int = 5) -> dict[int, float]:
@@ -208,6 +231,7 @@ def main() -> None:
     # LoRA layers pad their stacked matrices with zero rows for speed: counted unpadded, so
     # those multiplications by zero are not counted as work.
     counted = 6
+    count_cpu_attention()
     fused_lora.ALIGN, align = 1, fused_lora.ALIGN
     with FlopCounterMode(display=False) as counter:
         for _ in range(counted):
