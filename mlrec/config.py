@@ -121,8 +121,9 @@ class AdapterConfig:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=list)  # [] picks per architecture
-    # LoRA layers with the update folded into the base matmul (mlrec.models.fused_lora): same
-    # function, fewer passes over the activations; false runs peft's own forward
+    # LoRA and AdaLoRA layers with the update folded into the base matmul
+    # (mlrec.models.fused_lora): same function, fewer passes over the activations; false runs
+    # peft's own forward
     fused: bool = True
     # A randomly initialised encoder learns nothing through low-rank updates alone, so the
     # quickstart also trains the embeddings; a pretrained encoder would leave this empty.

@@ -62,7 +62,6 @@ def adapt_backbone(backbone: PreTrainedModel, cfg: AdapterConfig, total_steps: i
         return model
     # AdaLoRA starts every matrix at 1.5x the target rank and prunes towards `r` between
     # tinit and total_step - tfinal; update_and_allocate must run every step for that.
-    # (Its layers are not fused: their rank changes as it prunes.)
     peft_config = AdaLoraConfig(
         init_r=max(cfg.r + 1, int(cfg.r * 1.5)),
         target_r=cfg.r,
@@ -72,7 +71,10 @@ def adapt_backbone(backbone: PreTrainedModel, cfg: AdapterConfig, total_steps: i
         total_step=total_steps,
         **common,
     )
-    return get_peft_model(backbone, peft_config)
+    model = get_peft_model(backbone, peft_config)
+    if cfg.fused:
+        fuse_lora(model)
+    return model
 
 
 def merged_backbone(backbone: nn.Module) -> PreTrainedModel:

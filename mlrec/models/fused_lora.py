@@ -22,9 +22,9 @@ half-precision weights) the update is not folded into W', where rounding would s
 update smaller than W's rounding step; it is added to the base product by the same matmul call
 (addmm into the output), which rounds once.
 
-Only plain LoRA on nn.Linear is fused; everything else (dropout on the LoRA input, DoRA and other
-variants, several active adapters, merged or disabled adapters, LoRA bias, quantised base layers,
-weights partitioned by DeepSpeed ZeRO-3) goes through peft's own forward, unchanged.
+Plain LoRA and AdaLoRA on nn.Linear are fused; everything else (dropout on the LoRA input, DoRA
+and other variants, several active adapters, merged or disabled adapters, LoRA bias, quantised
+base layers, weights partitioned by DeepSpeed ZeRO-3) goes through peft's own forward, unchanged.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from peft.tuners.adalora.layer import SVDLinear
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
@@ -140,14 +141,17 @@ class _FusedLoraLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_bias, grad_a, grad_lb, None, None, None
 
 
-class FusedLoraLinear(LoraLinear):
-    """peft's LoRA Linear with the fused forward where that is the same function.
+class _FusedForward:
+    """The fused forward, mixed in ahead of a peft layer class (LoRA's Linear, AdaLoRA's
+    SVDLinear): peft's parameters, state dict, merge/unmerge and adapter files are kept; only
+    `forward` differs, and it falls back to peft's whenever the layer is not one plain, active,
+    unmerged adapter on an nn.Linear."""
 
-    Same parameters, state dict, merge/unmerge and adapter files as peft's class; only `forward`
-    differs, and it falls back to peft's whenever the layer is not plain, active, single LoRA.
-    """
+    def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        """(A, B, s) with the adapter's update s * B @ A, or None where it cannot be fused."""
+        raise NotImplementedError
 
-    def _fusable_adapter(self, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
+    def _fusable_adapter(self, args: tuple, kwargs: dict) -> str | None:
         if args or kwargs or self.disable_adapters or self.merged:
             return None
         active = [a for a in self.active_adapters if a in self.lora_A]
@@ -157,22 +161,16 @@ class FusedLoraLinear(LoraLinear):
         dropout = self.lora_dropout[name]
         base = self.base_layer
         if (
-            name in self.lora_variant
-            or self.lora_B[name].bias is not None
-            or type(base) is not nn.Linear
+            type(base) is not nn.Linear
             or self.fan_in_fan_out
             or (self.training and isinstance(dropout, nn.Dropout) and dropout.p > 0)
             # ZeRO-3 gathers a module's weights in its own forward hook, which this path skips
             or hasattr(base.weight, "ds_id")
-            or hasattr(self.lora_A[name].weight, "ds_id")
         ):
             return None
         return name
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        name = self._fusable_adapter(x, args, kwargs)
-        if name is None:
-            return super().forward(x, *args, **kwargs)
         weight = self.base_layer.weight
         device = x.device.type
         if torch.is_autocast_enabled(device):
@@ -181,27 +179,66 @@ class FusedLoraLinear(LoraLinear):
             dtype = weight.dtype
         else:  # mixed dtypes without autocast: peft's casting rules apply
             return super().forward(x, *args, **kwargs)
+        name = self._fusable_adapter(args, kwargs)
+        factors = None if name is None else self._factors(name)
+        if factors is None:
+            return super().forward(x, *args, **kwargs)
+        lora_a, lora_b, scaling = factors
         with torch.autocast(device, enabled=False):
             return _FusedLoraLinear.apply(
                 x,
                 weight,
                 self.base_layer.bias,
-                self.lora_A[name].weight,
-                self.lora_B[name].weight,
-                self.scaling[name],
+                lora_a,
+                lora_b,
+                scaling,
                 dtype,
                 torch.is_grad_enabled(),
             )
 
 
+class FusedLoraLinear(_FusedForward, LoraLinear):
+    """peft's LoRA Linear with the fused forward where that is the same function."""
+
+    def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        lora_a = self.lora_A[name].weight
+        if (
+            name in self.lora_variant  # DoRA and the like
+            or self.lora_B[name].bias is not None
+            or hasattr(lora_a, "ds_id")
+        ):
+            return None
+        return lora_a, self.lora_B[name].weight, self.scaling[name]
+
+
+class FusedSVDLinear(_FusedForward, SVDLinear):
+    """peft's AdaLoRA SVDLinear with the fused forward.
+
+    peft adds (x @ (A * E)^T @ B^T) * scaling / (ranknum + 1e-5): a LoRA update whose A is
+    A * E with the scale folded in (a small [r, in] product that autograd differentiates into
+    A and E). Pruning masks E in place and keeps the shapes, so a pruned layer fuses the same.
+    """
+
+    def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+        lora_a = self.lora_A[name]
+        if hasattr(lora_a, "ds_id"):
+            return None
+        # the scale stays a tensor: reading ranknum into a float would sync a GPU every call
+        scale = self.scaling[name] / (self.ranknum[name] + 1e-5)
+        return lora_a * self.lora_E[name] * scale, self.lora_B[name], 1.0
+
+
+_FUSED = {LoraLinear: FusedLoraLinear, SVDLinear: FusedSVDLinear}
+
+
 def fuse_lora(model: nn.Module) -> int:
-    """Give every plain peft LoRA Linear in `model` the fused forward; returns how many."""
-    return _swap_class(model, LoraLinear, FusedLoraLinear)
+    """Give every peft LoRA and AdaLoRA Linear in `model` the fused forward; returns how many."""
+    return sum(_swap_class(model, old, new) for old, new in _FUSED.items())
 
 
 def unfuse_lora(model: nn.Module) -> int:
     """Back to peft's own forward (benchmarks compare the two on one set of weights)."""
-    return _swap_class(model, FusedLoraLinear, LoraLinear)
+    return sum(_swap_class(model, new, old) for old, new in _FUSED.items())
 
 
 def _swap_class(model: nn.Module, old: type, new: type) -> int:

@@ -5,14 +5,15 @@ import copy
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import AdaLoraConfig, LoraConfig, get_peft_model
+from peft.tuners.adalora.layer import SVDLinear
 from peft.tuners.lora.layer import Linear as LoraLinear
 from safetensors.torch import load_file
 from torch import nn
 
 from mlrec.models import fused_lora
-from mlrec.models.adapters import adapt_backbone, merged_backbone
-from mlrec.models.fused_lora import FusedLoraLinear, fuse_lora, unfuse_lora
+from mlrec.models.adapters import adalora_rank, adapt_backbone, merged_backbone
+from mlrec.models.fused_lora import FusedLoraLinear, FusedSVDLinear, fuse_lora, unfuse_lora
 from tests.models.test_recommender import _model
 
 
@@ -151,23 +152,53 @@ def test_adapter_files_and_merge_are_peft_s(tmp_path):
     assert unfuse_lora(peft_model) == 0  # nothing fused there to undo
 
 
-def test_adapter_config_switches_fusion_and_training_matches_peft():
+def test_adalora_layers_give_peft_s_outputs_and_gradients():
+    torch.manual_seed(0)
+    config = AdaLoraConfig(init_r=4, target_r=2, total_step=10, target_modules=["up", "down"])
+    peft_model = get_peft_model(TwoLayers(), config)
+    with torch.no_grad():  # E starts at zero (no update, no gradient for A and B): move it
+        for name, param in peft_model.named_parameters():
+            if "lora_E" in name:
+                param.normal_()
+                param[1] = 0.0  # a rank pruned away, as update_and_allocate masks it
+    fused = copy.deepcopy(peft_model)
+    assert fuse_lora(fused) == 2
+    assert {type(m) for m in fused.modules()} >= {FusedSVDLinear}
+    x = torch.randn(3, 7, 16)
+    y0, dx0, g0 = _forward_backward(peft_model, x)
+    y1, dx1, g1 = _forward_backward(fused, x)
+    torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx1, dx0, rtol=1e-5, atol=1e-5)
+    assert {n for n in g0 if "lora_E" in n} and g1.keys() == g0.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert unfuse_lora(fused) == 2 and FusedSVDLinear not in {type(m) for m in fused.modules()}
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_adapter_config_switches_fusion_and_training_matches_peft(method):
     def build(fused: bool):
-        model, cfg = _model("model.dropout=0.0", f"adapter.fused={str(fused).lower()}")
+        model, cfg = _model(
+            "model.dropout=0.0", f"adapter.method={method}", f"adapter.fused={str(fused).lower()}"
+        )
         model.item_encoder.backbone = adapt_backbone(model.item_encoder.backbone, cfg.adapter, 10)
         return model
 
     models = {fused: build(fused) for fused in (False, True)}
     kinds = {f: {type(m) for m in model.modules()} for f, model in models.items()}
-    assert FusedLoraLinear in kinds[True] and LoraLinear not in kinds[True]
-    assert FusedLoraLinear not in kinds[False] and LoraLinear in kinds[False]
+    peft_class, fused_class = {
+        "lora": (LoraLinear, FusedLoraLinear),
+        "adalora": (SVDLinear, FusedSVDLinear),
+    }[method]
+    assert fused_class in kinds[True] and peft_class not in kinds[True]
+    assert fused_class not in kinds[False] and peft_class in kinds[False]
 
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 300, (12, 9), generator=gen)
     mask = torch.arange(9)[None] < torch.randint(2, 10, (12, 1), generator=gen)
     history = torch.randint(0, 12, (4, 5), generator=gen)
     candidates = torch.randint(0, 12, (4, 3), generator=gen)
-    losses = {}
+    losses, ranks = {}, {}
     for fused, model in models.items():
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
@@ -180,10 +211,16 @@ def test_adapter_config_switches_fusion_and_training_matches_peft():
             loss = nn.functional.cross_entropy(scores, torch.zeros(4, dtype=torch.long))
             loss.backward()
             optimizer.step()
+            if method == "adalora":  # prunes ranks from the gradients, as the trainer does
+                model.item_encoder.backbone.base_model.update_and_allocate(len(losses[fused]))
             optimizer.zero_grad()
             losses[fused].append(loss.item())
+        ranks[fused] = adalora_rank(model.item_encoder.backbone)
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
     assert losses[True][-1] < losses[True][0]  # it trains
+    assert ranks[True] == ranks[False]
+    if method == "adalora":  # pruning ran (init_r 12 -> target 8 per matrix), fused or not
+        assert ranks[True] < 12 * sum(isinstance(m, SVDLinear) for m in models[True].modules())
     plain = merged_backbone(models[True].item_encoder.backbone)
     assert not any(isinstance(m, LoraLinear) for m in plain.modules())
 
