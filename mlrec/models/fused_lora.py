@@ -67,10 +67,10 @@ class _FusedLoraLinear(torch.autograd.Function):
     In fp32 the LoRA update is folded into the weight (W' = W + scaling * B @ A), and the skinny
     products ride along in the big matmuls: x @ [W'; A]^T gives y and x @ A^T, and dy @ [W' | B]
     gives dx and dy @ B, so each of x and dy is read once there instead of twice (y and dx are
-    returned as views with the stacked row stride). In bf16/fp16 the update is not
-    folded in: a LoRA update far smaller than W's own rounding step would be lost in W', so there
-    it is accumulated into the base product instead (addmm with beta=1, still no separate
-    elementwise pass), which rounds once, as peft's sum does.
+    returned as views with the stacked row stride). In bf16/fp16 the update is not folded in: a
+    LoRA update far smaller than W's own rounding step would be lost in W', so there it is
+    accumulated into the base product instead (addmm with beta=1, still no separate elementwise
+    pass), which rounds once, as peft's sum does.
     """
 
     @staticmethod
