@@ -152,7 +152,7 @@ def test_adapter_files_and_merge_are_peft_s(tmp_path):
     assert unfuse_lora(peft_model) == 0  # nothing fused there to undo
 
 
-def test_adalora_layers_give_peft_s_outputs_and_gradients():
+def test_adalora_layers_give_peft_s_outputs_gradients_files_and_merge(tmp_path):
     torch.manual_seed(0)
     config = AdaLoraConfig(init_r=4, target_r=2, total_step=10, target_modules=["up", "down"])
     peft_model = get_peft_model(TwoLayers(), config)
@@ -172,6 +172,16 @@ def test_adalora_layers_give_peft_s_outputs_and_gradients():
     assert {n for n in g0 if "lora_E" in n} and g1.keys() == g0.keys()
     for name in g0:
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=name)
+    peft_model.save_pretrained(tmp_path / "peft")
+    fused.save_pretrained(tmp_path / "fused")
+    a = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "fused" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any("lora_E" in key for key in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    merged = copy.deepcopy(fused).merge_and_unload()
+    assert not any(isinstance(m, SVDLinear) for m in merged.modules())
+    torch.testing.assert_close(merged(x), y1, rtol=1e-5, atol=1e-5)
     assert unfuse_lora(fused) == 2 and FusedSVDLinear not in {type(m) for m in fused.modules()}
 
 
