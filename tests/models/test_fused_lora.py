@@ -74,17 +74,25 @@ def test_same_outputs_and_gradients_as_peft(train_base):
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("train_base", [False, True])
 @pytest.mark.parametrize("align", [fused_lora.ALIGN, 1])
 @pytest.mark.parametrize(
     ("n_in", "n_out", "bias", "rank"),
     [(24, 24, True, 8), (24, 24, False, 5), (40, 24, True, 8), (24, 40, True, 16)],
 )
-def test_stacked_products_give_peft_s_outputs_and_gradients(n_in, n_out, bias, rank, align):
+def test_stacked_products_give_peft_s_outputs_and_gradients(
+    n_in, n_out, bias, rank, align, train_base
+):
     # square, narrowing and widening layers take the stacked forward, backward or both, with
-    # padding (rank 5 or 8) or none (rank 16), with and without a bias; align=1: no padding
+    # padding (rank 5 or 8) or none (rank 16), with and without a bias; align=1: no padding;
+    # train_base: the base weight and bias get gradients too (the bias is padded in the stack)
     torch.manual_seed(0)
     config = LoraConfig(r=rank, lora_alpha=16, target_modules=["0"], init_lora_weights=False)
     peft_model = get_peft_model(nn.Sequential(nn.Linear(n_in, n_out, bias=bias)), config)
+    if train_base:
+        for name, param in peft_model.named_parameters():
+            if "base_layer" in name:
+                param.requires_grad_(True)
     fused = copy.deepcopy(peft_model)
     assert fuse_lora(fused) == 1
     x = torch.randn(2, 9, n_in)
@@ -95,6 +103,7 @@ def test_stacked_products_give_peft_s_outputs_and_gradients(n_in, n_out, bias, r
     finally:
         fused_lora.ALIGN = old
     assert y1.shape == y0.shape == (2, 9, n_out)
+    assert g1.keys() == g0.keys() and any("base_layer" in n for n in g0) == train_base
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(dx1, dx0, rtol=1e-5, atol=1e-5)
     for name in g0:
