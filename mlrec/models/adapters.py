@@ -56,21 +56,19 @@ def adapt_backbone(backbone: PreTrainedModel, cfg: AdapterConfig, total_steps: i
         "modules_to_save": cfg.modules_to_save or None,
     }
     if cfg.method == "lora":
-        model = get_peft_model(backbone, LoraConfig(r=cfg.r, **common))
-        if cfg.fused:
-            fuse_lora(model)
-        return model
-    # AdaLoRA starts every matrix at 1.5x the target rank and prunes towards `r` between
-    # tinit and total_step - tfinal; update_and_allocate must run every step for that.
-    peft_config = AdaLoraConfig(
-        init_r=max(cfg.r + 1, int(cfg.r * 1.5)),
-        target_r=cfg.r,
-        tinit=max(1, total_steps // 10),
-        tfinal=max(1, total_steps // 5),
-        deltaT=max(1, total_steps // 20),
-        total_step=total_steps,
-        **common,
-    )
+        peft_config = LoraConfig(r=cfg.r, **common)
+    else:
+        # AdaLoRA starts every matrix at 1.5x the target rank and prunes towards `r` between
+        # tinit and total_step - tfinal; update_and_allocate must run every step for that.
+        peft_config = AdaLoraConfig(
+            init_r=max(cfg.r + 1, int(cfg.r * 1.5)),
+            target_r=cfg.r,
+            tinit=max(1, total_steps // 10),
+            tfinal=max(1, total_steps // 5),
+            deltaT=max(1, total_steps // 20),
+            total_step=total_steps,
+            **common,
+        )
     model = get_peft_model(backbone, peft_config)
     if cfg.fused:
         fuse_lora(model)

@@ -37,13 +37,18 @@ def _pair(dropout: float = 0.0, train_base: bool = False):
         target_modules=["up", "down"],
         init_lora_weights=False,
     )
-    peft_model = get_peft_model(TwoLayers(), config)
+    return _peft_and_fused(TwoLayers(), config, train_base)
+
+
+def _peft_and_fused(module: nn.Module, config, train_base: bool):
+    """`module` under peft's LoRA, and a fused copy of it with the same weights."""
+    peft_model = get_peft_model(module, config)
     if train_base:
         for name, param in peft_model.named_parameters():
             if "base_layer" in name:
                 param.requires_grad_(True)
     fused = copy.deepcopy(peft_model)
-    assert fuse_lora(fused) == 2
+    assert fuse_lora(fused) == len(config.target_modules)
     return peft_model, fused
 
 
@@ -88,13 +93,8 @@ def test_stacked_products_give_peft_s_outputs_and_gradients(
     # train_base: the base weight and bias get gradients too (the bias is padded in the stack)
     torch.manual_seed(0)
     config = LoraConfig(r=rank, lora_alpha=16, target_modules=["0"], init_lora_weights=False)
-    peft_model = get_peft_model(nn.Sequential(nn.Linear(n_in, n_out, bias=bias)), config)
-    if train_base:
-        for name, param in peft_model.named_parameters():
-            if "base_layer" in name:
-                param.requires_grad_(True)
-    fused = copy.deepcopy(peft_model)
-    assert fuse_lora(fused) == 1
+    layer = nn.Sequential(nn.Linear(n_in, n_out, bias=bias))
+    peft_model, fused = _peft_and_fused(layer, config, train_base)
     x = torch.randn(2, 9, n_in)
     y0, dx0, g0 = _forward_backward(peft_model, x)
     old, fused_lora.ALIGN = fused_lora.ALIGN, align
