@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel, XLMRobertaConfig
 
 from mlrec.config import ModelConfig
+from mlrec.models.attention import use_mlrec_attention
 from mlrec.models.length_groups import length_groups
 
 
@@ -46,7 +47,7 @@ def build_backbone(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreT
     with _gathered(shared), torch.no_grad():
         for weight in shared:
             weight.zero_()
-    return backbone
+    return use_mlrec_attention(backbone)
 
 
 def _gathered(params: list[torch.nn.Parameter]):
@@ -60,12 +61,14 @@ def _gathered(params: list[torch.nn.Parameter]):
 
 
 def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
-    """A pretrained encoder from the hub or a folder, without the pooler mlrec does not use."""
+    """A pretrained encoder from the hub or a folder, without the pooler mlrec does not use, and
+    with mlrec's attention (`mlrec.models.attention`)."""
     kwargs = {"trust_remote_code": trust_remote_code}
     try:  # BERT-family poolers go unused, and DDP rejects parameters without gradients
-        return AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
+        backbone = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
     except TypeError:  # architectures without a pooler do not take the argument
-        return AutoModel.from_pretrained(name_or_path, **kwargs)
+        backbone = AutoModel.from_pretrained(name_or_path, **kwargs)
+    return use_mlrec_attention(backbone)
 
 
 class ItemEncoder(nn.Module):

@@ -110,8 +110,11 @@ def test_stacked_products_give_peft_s_outputs_and_gradients(
         torch.testing.assert_close(g1[name], g0[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_bf16_autocast_matches_peft_in_bf16():
-    peft_model, fused = _pair()
+@pytest.mark.parametrize("train_base", [False, True])
+def test_bf16_autocast_matches_peft_in_bf16(train_base):
+    # 20 rows: the half-precision path pads them to 64 (padded_rows), and nothing of the padding
+    # may reach the outputs or the gradients (of the base weight and bias too, with train_base)
+    peft_model, fused = _pair(train_base=train_base)
     x = torch.randn(4, 5, 16)
     y0, dx0, g0 = _forward_backward(peft_model, x, autocast=True)
     y1, dx1, g1 = _forward_backward(fused, x, autocast=True)
@@ -122,6 +125,14 @@ def test_bf16_autocast_matches_peft_in_bf16():
     for name in g0:
         scale = g0[name].abs().max()
         assert (g1[name] - g0[name]).abs().max() <= 0.03 * scale, name
+
+
+def test_padded_rows_repeat_few_sizes_and_waste_little():
+    sizes = {fused_lora.padded_rows(rows) for rows in range(1, 8193)}
+    assert all(size % 64 == 0 for size in sizes)
+    assert len(sizes) <= 8 * 4 + 8  # 64..512 in steps of 64, then 8 per power of two
+    for rows in range(512, 8193):
+        assert rows <= fused_lora.padded_rows(rows) <= rows * 1.125
 
 
 def test_falls_back_to_peft_where_merging_would_change_the_function():
