@@ -19,11 +19,18 @@ batches of 16) from the same weights on the same synthetic corpus, in one proces
 - ablation: mlrec's trainer with peft's LoRA forward and one padded block per batch, to show what
   the two settings are worth on their own (`mlrec_without_fused_and_groups_*`).
 
-The three are timed alternately in rounds (the machine is shared and noisy) and medians reported.
+- bf16: mlrec and the naive loop again under bf16 autocast (what `train.mixed_precision=bf16`
+  does on CPU through accelerate): `*_bf16_*` figures. On CPUs with AMX, bf16 matmuls run
+  several times as fast as fp32. Both sides use mlrec's attention function, which runs CPU
+  attention in fp32 (`mlrec.models.attention`): the naive loop is not held back by torch's slow
+  bf16 attention kernel.
+
+The five are timed alternately in rounds (the machine is shared and noisy) and medians reported.
 FLOPs of mlrec steps (forward and backward) are counted with torch.utils.flop_counter and
-compared with this machine's fp32 matmul peak (the best of two square sizes), measured in every
-round of the same run: `mfu_cpu` is the median of the rounds' utilisations, and
-`mfu_cpu_vs_best_peak` the median throughput against the best peak seen in any round.
+compared with this machine's matmul peak (the best of two square sizes) in the same precision,
+measured in every round of the same run: `mfu_cpu` (fp32 training against the fp32 peak) and
+`mfu_cpu_bf16` (bf16 training against the bf16 peak) are medians of the rounds' utilisations,
+and `mfu_cpu_vs_best_peak` the median fp32 throughput against the best fp32 peak of any round.
 """
 
 from __future__ import annotations
@@ -143,11 +150,13 @@ def count_cpu_attention() -> None:
         return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value)
 
 
-def matmul_peak_flops(sizes=(1024, 2048), repeats: int = 5) -> dict[int, float]:
-    """Best fp32 FLOP/s of an n x n matmul, per size."""
+def matmul_peak_flops(
+    sizes=(1024, 2048), repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> dict[int, float]:
+    """Best FLOP/s of an n x n matmul in `dtype`, per size."""
     peaks = {}
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         for _ in range(3):
             a @ b
         times = []
@@ -220,10 +229,24 @@ def main() -> None:
     def mlrec() -> float:
         return trainer.train_step(batches)["step_time_s"]
 
+    def in_bf16(step):
+        def bf16_step() -> float:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return step()
+
+        return bf16_step
+
+    arms = {
+        "mlrec": mlrec,
+        "naive": naive,
+        "ablation": mlrec,
+        "mlrec_bf16": in_bf16(mlrec),
+        "naive_bf16": in_bf16(naive),
+    }
     start = time.perf_counter()
-    for _ in range(3):  # warm up every path (allocator, loader workers, first-call costs)
-        mlrec()
-        naive()
+    for _ in range(3):  # warm up every path (allocator, loader workers, oneDNN kernels)
+        for step in arms.values():
+            step()
     print(f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
 
     # FLOPs of mlrec's steps, forward and backward, averaged over a few batches (they differ in
@@ -241,22 +264,28 @@ def main() -> None:
 
     # The machine's speed drifts by tens of percent over minutes (shared cores), so the matmul
     # peak is measured in every round too and each round's utilisation uses its own peak.
-    rates: dict[str, list[float]] = {"mlrec": [], "naive": [], "ablation": []}
-    step_times: dict[str, list[float]] = {name: [] for name in rates}
+    rates: dict[str, list[float]] = {name: [] for name in arms}
+    step_times: dict[str, list[float]] = {name: [] for name in arms}
     peaks: list[dict[int, float]] = []
+    peaks_bf16: list[dict[int, float]] = []
     mfus: list[float] = []
+    mfus_bf16: list[float] = []
     for _ in range(rounds):
-        for name in rates:
+        for name, step in arms.items():
             mlrec_settings(name != "ablation")
-            rate, times = timed(naive if name == "naive" else mlrec)
+            rate, times = timed(step)
             rates[name].append(rate)
             step_times[name].extend(times)
         peaks.append(matmul_peak_flops())
+        peaks_bf16.append(matmul_peak_flops(dtype=torch.bfloat16))
         mfus.append(flops_per_step * rates["mlrec"][-1] / batch / max(peaks[-1].values()))
+        mfus_bf16.append(
+            flops_per_step * rates["mlrec_bf16"][-1] / batch / max(peaks_bf16[-1].values())
+        )
         print(
             "round: "
             + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
-            + f" samples/s; MFU {mfus[-1]:.3f}",
+            + f" samples/s; MFU {mfus[-1]:.3f}, bf16 {mfus_bf16[-1]:.3f}",
             flush=True,
         )
     mlrec_settings(True)
@@ -265,6 +294,7 @@ def main() -> None:
     best_peak = max(max(p.values()) for p in peaks)
     achieved = flops_per_step * median["mlrec"] / batch
     by_round = [m / n for m, n in zip(rates["mlrec"], rates["naive"], strict=True)]
+    bf16_by_round = [m / n for m, n in zip(rates["mlrec_bf16"], rates["naive_bf16"], strict=True)]
 
     result = {
         "quick": args.quick,
@@ -276,14 +306,25 @@ def main() -> None:
         "mlrec_samples_per_s": rates["mlrec"],
         "naive_samples_per_s": rates["naive"],
         "mlrec_without_fused_and_groups_samples_per_s": rates["ablation"],
+        "mlrec_bf16_samples_per_s": rates["mlrec_bf16"],
+        "naive_bf16_samples_per_s": rates["naive_bf16"],
         "mlrec_samples_per_s_median": median["mlrec"],
         "naive_samples_per_s_median": median["naive"],
         "mlrec_without_fused_and_groups_samples_per_s_median": median["ablation"],
+        "mlrec_bf16_samples_per_s_median": median["mlrec_bf16"],
+        "naive_bf16_samples_per_s_median": median["naive_bf16"],
         "train_speedup_vs_naive": median["mlrec"] / median["naive"],
         # each round's own ratio: pairs runs seconds apart, so slow drift cancels
         "train_speedup_vs_naive_by_round": by_round,
         "train_speedup_vs_naive_median_of_rounds": statistics.median(by_round),
         "fused_and_groups_speedup": median["mlrec"] / median["ablation"],
+        # both sides in bf16; and mlrec in bf16 against the naive loop in its faster precision
+        "train_speedup_vs_naive_bf16": median["mlrec_bf16"] / median["naive_bf16"],
+        "train_speedup_vs_naive_bf16_by_round": bf16_by_round,
+        "train_speedup_vs_naive_bf16_median_of_rounds": statistics.median(bf16_by_round),
+        "train_speedup_bf16_vs_faster_naive": median["mlrec_bf16"]
+        / max(median["naive"], median["naive_bf16"]),
+        "mlrec_bf16_speedup_over_fp32": median["mlrec_bf16"] / median["mlrec"],
         "mlrec_step_time_s_median": statistics.median(step_times["mlrec"]),
         "naive_step_time_s_median": statistics.median(step_times["naive"]),
         "flops_per_step": flops_per_step,
@@ -294,6 +335,11 @@ def main() -> None:
         "mfu_cpu_by_round": mfus,
         "mfu_cpu": statistics.median(mfus),
         "mfu_cpu_vs_best_peak": achieved / best_peak,
+        "bf16_matmul_peak_flops_per_s_by_round": [
+            {str(n): v for n, v in p.items()} for p in peaks_bf16
+        ],
+        "mfu_cpu_bf16_by_round": mfus_bf16,
+        "mfu_cpu_bf16": statistics.median(mfus_bf16),
     }
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
