@@ -17,6 +17,7 @@ from transformers import AutoModel, PreTrainedModel, XLMRobertaConfig
 from mlrec.config import ModelConfig
 from mlrec.models.attention import use_mlrec_attention
 from mlrec.models.length_groups import length_groups
+from mlrec.models.packed_encoder import packable, packed_hidden_states
 
 
 def build_backbone(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
@@ -76,6 +77,7 @@ class ItemEncoder(nn.Module):
 
     With `length_buckets` > 0, the items are encoded in up to that many groups of similar length,
     each cut to its longest item (`mlrec.models.length_groups`): the same vectors, less padding.
+    BERT-family encoders take all groups through each layer at once (`mlrec.models.packed_encoder`).
     """
 
     def __init__(
@@ -104,22 +106,35 @@ class ItemEncoder(nn.Module):
         if not self.length_buckets:
             return self.encode(input_ids, attention_mask)
         groups = length_groups(attention_mask, self.length_buckets)
-        if len(groups) == 1:
+        if packable(self.backbone):  # all groups through each layer at once
+            hidden = packed_hidden_states(self.backbone, input_ids, attention_mask, groups)
+            vectors = torch.cat(
+                [
+                    self.pool(states, attention_mask[rows, :width])
+                    for states, (rows, width) in zip(hidden, groups, strict=True)
+                ]
+            )
+        elif len(groups) == 1:
             return self.encode(input_ids[:, : groups[0][1]], attention_mask[:, : groups[0][1]])
-        vectors = torch.cat(
-            [
-                self.encode(input_ids[rows, :width], attention_mask[rows, :width])
-                for rows, width in groups
-            ]
-        )
+        else:
+            vectors = torch.cat(
+                [
+                    self.encode(input_ids[rows, :width], attention_mask[rows, :width])
+                    for rows, width in groups
+                ]
+            )
         order = torch.cat([rows for rows, _ in groups])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(len(order), device=order.device)
         return vectors[inverse]
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One padded block of items -> their vectors."""
+        """One padded block of items -> their vectors, through the model's own forward."""
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.pool(hidden, attention_mask)
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last hidden states [items, tokens, hidden] -> item vectors."""
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
