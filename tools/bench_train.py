@@ -9,9 +9,8 @@ batches of 16) from the same weights on the same synthetic corpus, in one proces
 - mlrec: `Trainer.train_step` with the default settings, on batches streamed from the
   pre-tokenised shards: each distinct item of a batch encoded once, in up to 4 length groups
   padded to their own longest item (`model.length_buckets`) that go through each layer together
-  (`mlrec.models.packed_encoder`), LoRA layers through their merged
-  weight with the rank-r products stacked into the same matmuls (`adapter.fused`), torch's
-  fused AdamW.
+  (`mlrec.models.packed_encoder`), LoRA layers through their merged weight with the rank-r
+  products stacked into the same matmuls (`adapter.fused`), torch's fused AdamW.
 - naive: what a first version usually looks like, on a copy of the model with peft's own LoRA
   forward: a map-style Dataset over the behaviors TSV whose `__getitem__` tokenises the history
   and candidate titles with the Hugging Face fast tokenizer and pads them to max_length, a
