@@ -1,10 +1,12 @@
 """Training throughput of mlrec against a naive loop, and model FLOPs utilisation on CPU.
 
-    python tools/bench_train.py --out bench-train.json [--quick]
+    python tools/bench_train.py --out bench-train.json [--quick] [--set KEY=VALUE ...]
 
 Both sides train the same recommender (an XLM-R-style encoder, hidden 256, 4 layers, LoRA r=8 on
 attention and feed-forward layers, NRMS user encoder; 10 history items, 1 positive + 4 negatives,
 batches of 16) from the same weights on the same synthetic corpus, in one process with 2 threads.
+`--set` changes any config key after those (`--set model.hidden_size=384 model.num_heads=12
+model.intermediate_size=1536` is multilingual MiniLM's layer shape); the JSON records the changes.
 
 - mlrec: `Trainer.train_step` with the default settings, on batches streamed from the
   pre-tokenised shards: each distinct item of a batch encoded once, in up to 4 length groups
@@ -50,7 +52,7 @@ from torch.utils import flop_counter
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlrec.config import load_config
+from mlrec.config import ConfigError, load_config
 from mlrec.data.corpus import behaviors_file, news_files
 from mlrec.data.mind import read_behaviors, read_news
 from mlrec.data.shards import build_shards
@@ -172,6 +174,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--quick", action="store_true", help="a smaller run, under 5 minutes")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides applied after the benchmark's model (e.g. model.hidden_size=384)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(2)
@@ -183,7 +192,10 @@ def main() -> None:
         "data.synthetic.dev_impressions=200",
         "data.synthetic.num_users=800",
     ]
-    cfg = load_config(None, [f"run_dir={work}", *MODEL, *sizes, "train.steps=1000"])
+    try:
+        cfg = load_config(None, [f"run_dir={work}", *MODEL, *sizes, "train.steps=1000", *args.set])
+    except ConfigError as err:
+        parser.error(str(err))
     start = time.perf_counter()
     build_shards(cfg, progress=False)
     print(f"shards built in {time.perf_counter() - start:.0f} s", flush=True)
@@ -300,6 +312,7 @@ def main() -> None:
     result = {
         "quick": args.quick,
         "model": MODEL,
+        "overrides": args.set,
         "rounds": rounds,
         "steps_per_round": steps,
         "batch_size": batch,
