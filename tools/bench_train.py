@@ -30,9 +30,10 @@ model.intermediate_size=1536` is multilingual MiniLM's layer shape); the JSON re
 The five are timed alternately in rounds (the machine is shared and noisy) and medians reported.
 FLOPs of mlrec steps (forward and backward) are counted with torch.utils.flop_counter and
 compared with this machine's matmul peak (the best of two square sizes) in the same precision,
-measured in every round of the same run: `mfu_cpu` (fp32 training against the fp32 peak) and
-`mfu_cpu_bf16` (bf16 training against the bf16 peak) are medians of the rounds' utilisations,
-and `mfu_cpu_vs_best_peak` the median fp32 throughput against the best fp32 peak of any round.
+measured in every round right before and right after the mlrec arm (their mean is the round's
+peak): `mfu_cpu` (fp32 training against the fp32 peak) and `mfu_cpu_bf16` (bf16 training
+against the bf16 peak) are medians of the rounds' utilisations, and `mfu_cpu_vs_best_peak` the
+median fp32 throughput against the best fp32 peak measured in any round.
 """
 
 from __future__ import annotations
@@ -276,35 +277,37 @@ def main() -> None:
     flops_per_step = counter.get_total_flops() / counted
 
     # The machine's speed drifts by tens of percent over minutes (shared cores), so the matmul
-    # peak is measured in every round too and each round's utilisation uses its own peak.
+    # peak is measured in every round too, right before and right after the mlrec arm in the
+    # same precision, and each round's utilisation uses the mean of the two.
+    peak_dtypes = {"mlrec": torch.float32, "mlrec_bf16": torch.bfloat16}
     rates: dict[str, list[float]] = {name: [] for name in arms}
     step_times: dict[str, list[float]] = {name: [] for name in arms}
-    peaks: list[dict[int, float]] = []
-    peaks_bf16: list[dict[int, float]] = []
-    mfus: list[float] = []
-    mfus_bf16: list[float] = []
+    around: dict[str, list[tuple[float, float]]] = {name: [] for name in peak_dtypes}
+    peaks: dict[str, list[dict[int, float]]] = {name: [] for name in peak_dtypes}
+    mfus: dict[str, list[float]] = {name: [] for name in peak_dtypes}
     for _ in range(rounds):
         for name, step in arms.items():
             mlrec_settings(name != "ablation")
+            dtype = peak_dtypes.get(name)
+            before = matmul_peak_flops(dtype=dtype) if dtype else {}
             rate, times = timed(step)
             rates[name].append(rate)
             step_times[name].extend(times)
-        peaks.append(matmul_peak_flops())
-        peaks_bf16.append(matmul_peak_flops(dtype=torch.bfloat16))
-        mfus.append(flops_per_step * rates["mlrec"][-1] / batch / max(peaks[-1].values()))
-        mfus_bf16.append(
-            flops_per_step * rates["mlrec_bf16"][-1] / batch / max(peaks_bf16[-1].values())
-        )
+            if dtype:
+                after = matmul_peak_flops(dtype=dtype)
+                around[name].append((max(before.values()), max(after.values())))
+                peaks[name].append({n: (before[n] + after[n]) / 2 for n in before})
+                mfus[name].append(flops_per_step * rate / batch / max(peaks[name][-1].values()))
         print(
             "round: "
             + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
-            + f" samples/s; MFU {mfus[-1]:.3f}, bf16 {mfus_bf16[-1]:.3f}",
+            + f" samples/s; MFU {mfus['mlrec'][-1]:.3f}, bf16 {mfus['mlrec_bf16'][-1]:.3f}",
             flush=True,
         )
     mlrec_settings(True)
     trainer.close()
     median = {name: statistics.median(values) for name, values in rates.items()}
-    best_peak = max(max(p.values()) for p in peaks)
+    best_peak = max(max(pair) for pair in around["mlrec"])
     achieved = flops_per_step * median["mlrec"] / batch
     by_round = [m / n for m, n in zip(rates["mlrec"], rates["naive"], strict=True)]
     bf16_by_round = [m / n for m, n in zip(rates["mlrec_bf16"], rates["naive_bf16"], strict=True)]
@@ -344,16 +347,21 @@ def main() -> None:
         "flops_per_step": flops_per_step,
         "flops_counted_over_steps": counted,
         "achieved_flops_per_s": achieved,
-        "matmul_peak_flops_per_s_by_round": [{str(n): v for n, v in p.items()} for p in peaks],
+        "matmul_peak_flops_per_s_by_round": [
+            {str(n): v for n, v in p.items()} for p in peaks["mlrec"]
+        ],
+        # the best size's peak right before and right after the mlrec arm, each round
+        "matmul_peak_before_after_by_round": around["mlrec"],
         "matmul_peak_flops_per_s_best": best_peak,
-        "mfu_cpu_by_round": mfus,
-        "mfu_cpu": statistics.median(mfus),
+        "mfu_cpu_by_round": mfus["mlrec"],
+        "mfu_cpu": statistics.median(mfus["mlrec"]),
         "mfu_cpu_vs_best_peak": achieved / best_peak,
         "bf16_matmul_peak_flops_per_s_by_round": [
-            {str(n): v for n, v in p.items()} for p in peaks_bf16
+            {str(n): v for n, v in p.items()} for p in peaks["mlrec_bf16"]
         ],
-        "mfu_cpu_bf16_by_round": mfus_bf16,
-        "mfu_cpu_bf16": statistics.median(mfus_bf16),
+        "bf16_matmul_peak_before_after_by_round": around["mlrec_bf16"],
+        "mfu_cpu_bf16_by_round": mfus["mlrec_bf16"],
+        "mfu_cpu_bf16": statistics.median(mfus["mlrec_bf16"]),
     }
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
