@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train mlrec on this node under accelerate; every setting comes from the environment, and the
-# remaining arguments are training-config overrides passed on to mlrec.train.
+# remaining arguments are training-config overrides passed on to `mlrec train`.
 #
 #   launch/run_train.sh                                        # tiny debug run, all GPUs here
 #   NGPU=8 CONFIG=configs/xmind-xlmr-base-lora.yaml launch/run_train.sh train.lr=3e-4
@@ -45,7 +45,7 @@ if [ -z "${ACCELERATE_CONFIG:-}" ]; then
   else
     # One process needs no launcher, and accelerate's single-process one would neither forward
     # a stop signal to the trainer nor pass on its exit code (75: checkpointed, requeue me).
-    exec "${PYTHON:-python}" -m mlrec.train --config "$CONFIG" "$@"
+    exec "${PYTHON:-python}" -m mlrec train --config "$CONFIG" "$@"
   fi
 fi
 
@@ -63,4 +63,4 @@ fi
 exec accelerate launch --config_file "$ACCELERATE_CONFIG" \
   --num_processes $((NGPU * NNODES)) --num_machines "$NNODES" --machine_rank "$NODE_RANK" \
   --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
-  -m mlrec.train --config "$CONFIG" "$@"
+  -m mlrec train --config "$CONFIG" "$@"

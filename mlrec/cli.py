@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlrec.config import Config, ConfigError, load_config
-from mlrec.data.mind import DataError
+from mlrec.data.rows import DataError
 from mlrec.export.parity import ParityError
 from mlrec.train.signals import EXIT_PREEMPTED, Preempted
 
@@ -71,9 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _slice(text: str) -> tuple[int, int]:
-    from mlrec.data.shards import parse_slice
+def parse_slice(text: str) -> tuple[int, int]:
+    """`3/8` -> (3, 8): task 3 of 8, counting from 0 as SLURM_ARRAY_TASK_ID does."""
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--slice {text!r} must look like I/N, e.g. 0/8") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--slice {text!r}: need 0 <= I < N")
+    return index, count
 
+
+def _slice(text: str) -> tuple[int, int]:
     try:
         return parse_slice(text)
     except ValueError as err:
@@ -125,7 +134,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 def quickstart(cfg: Config) -> None:
     from mlrec import pipeline
-    from mlrec.evaluation import format_table
+    from mlrec.evaluation.metrics import format_table
 
     start = time.perf_counter()
     corpus = pipeline.data(cfg)
@@ -157,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         if args.stage == "report":
-            from mlrec.report import write_report
+            from mlrec.evaluation.report import write_report
 
             print(f"report: {write_report(args.runs, args.out)}")
             return 0

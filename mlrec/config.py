@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from mlrec.languages import DEBIAN_LANGUAGES, DEFAULT_LANGUAGES, SUPPORTED_LANGUAGES
+
 
 class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or impossible."""
@@ -28,19 +30,13 @@ class ConfigError(ValueError):
 class SyntheticCorpusConfig:
     """Sizes of the built-in synthetic corpus (used when `data.source` is `synthetic`)."""
 
-    languages: list[str] = field(
-        default_factory=lambda: ["en", "de", "fr", "es", "ru", "uk", "ar", "zh", "ja"]
-    )
+    languages: list[str] = field(default_factory=lambda: list(DEFAULT_LANGUAGES))
     num_news: int = 1500
     num_users: int = 1200
     train_impressions: int = 12000
     dev_impressions: int = 2000
     mixed_language_fraction: float = 0.2
     seed: int = 0
-
-
-# Debian's description translations, largest first (bookworm: en 20k items ... vi 28)
-DEBIAN_LANGUAGES = "en da it fr de sk pt_BR ja ko pl uk ru cs es zh_CN fi nl sv hu vi".split()  # noqa: SIM905
 
 
 @dataclass(kw_only=True)
@@ -375,8 +371,6 @@ def _is_local_path(value: str) -> bool:
 
 
 def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> None:
-    from mlrec.data.synthetic import SUPPORTED_LANGUAGES
-
     def fail(key: str, message: str) -> None:
         where = origin.get(key, "defaults")
         raise ConfigError(f"{where}: {key} {message}")

@@ -70,6 +70,7 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def _restored(cfg: Config):
+    """The trainer of a finished run with its latest checkpoint loaded (optimizer included)."""
     from mlrec.distill.recommend import MARKER, Distiller
     from mlrec.train.trainer import Trainer
 
@@ -82,6 +83,24 @@ def _restored(cfg: Config):
             f"no checkpoint under {trainer.checkpoint_root}: train first with `mlrec train`"
         )
     return trainer
+
+
+def trained_model(cfg: Config):
+    """The recommender of the run's latest checkpoint and its tokenizer: weights only, no
+    optimizer, scheduler or accelerator (export and evaluation read, they do not train)."""
+    from mlrec.data.layout import TOKENIZER_DIR, load_manifest
+    from mlrec.data.tokenizer import load_tokenizer
+    from mlrec.models.trained import load_trained
+    from mlrec.runs import checkpoint_root, latest_checkpoint
+
+    root = checkpoint_root(cfg.run_dir)
+    checkpoint = latest_checkpoint(root)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no checkpoint under {root}: train first with `mlrec train`")
+    pad_id = load_manifest(cfg.shards_dir)["tokenizer"]["pad_token_id"]
+    tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
+    log.info("model of %s", checkpoint)
+    return load_trained(cfg, checkpoint, len(tokenizer), pad_id), tokenizer
 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
@@ -99,17 +118,13 @@ def export(cfg: Config) -> Path:
 
     if cfg.export.triton and not cfg.export.onnx:
         raise ConfigError("export.triton needs export.onnx: Triton serves the ONNX models")
-    trainer = _restored(cfg)
-    try:
-        out = cfg.export_dir
-        if trainer.accelerator.is_main_process:
-            export_model(trainer.recommender, trainer.tokenizer, cfg, out)
-            log.info("exported to %s (transformers.AutoModel.from_pretrained loads it)", out)
-    finally:
-        trainer.close()
-    if cfg.export.onnx and trainer.accelerator.is_main_process:
+    model, tokenizer = trained_model(cfg)
+    out = cfg.export_dir
+    export_model(model, tokenizer, cfg, out)
+    log.info("exported to %s (transformers.AutoModel.from_pretrained loads it)", out)
+    if cfg.export.onnx:
         export_onnx_checked(cfg, out)
-    if cfg.export.catalog_vectors and trainer.accelerator.is_main_process:
+    if cfg.export.catalog_vectors:
         from mlrec.serve.vectors import write_catalog_vectors
 
         # the backend `mlrec serve` runs with this config; without ONNX models only torch can
@@ -160,8 +175,8 @@ def distill(cfg: Config, *, cache_teacher: bool = False) -> dict[str, Any] | Non
 
 
 def xling(cfg: Config) -> Path:
-    """xMIND's transfer protocol: the corpus rewritten for ZS-/FS-XLT (mlrec.distill.xling)."""
-    from mlrec.distill.xling import rewrite_corpus
+    """xMIND's transfer protocol: the corpus rewritten for ZS-/FS-XLT (mlrec.data.xling)."""
+    from mlrec.data.xling import rewrite_corpus
 
     return rewrite_corpus(cfg)
 

@@ -34,7 +34,7 @@ def test_bad_config_exits_2_naming_the_key(capsys, tmp_path):
 
 def test_console_script_and_module_entry_points():
     script = str(Path(sys.executable).parent / "mlrec")  # installed by `pip install -e .`
-    for cmd in ([script, "--help"], [sys.executable, "-m", "mlrec.train", "--help"]):
+    for cmd in ([script, "--help"], [sys.executable, "-m", "mlrec", "train", "--help"]):
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert "usage:" in out.stdout

@@ -117,9 +117,9 @@ def shard_run(corpus: Path, out: Path, tokenizer: Path) -> dict:
 
 def train_step_seconds(shards: Path, batch: dict, repeats: int) -> float:
     """A real training step of the quickstart model (LoRA, defaults) on one loader batch."""
+    from mlrec.data.tokenizer import load_tokenizer
     from mlrec.models.adapters import adapt_backbone
     from mlrec.models.recommender import build_recommender
-    from mlrec.models.tokenizer import load_tokenizer
 
     cfg = Config()
     tok = load_tokenizer(shards / "tokenizer")

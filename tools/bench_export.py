@@ -62,12 +62,13 @@ BACKEND_OF = {"torch_fp32": "torch", "onnx_fp32": "onnx", "onnx_int8": "onnx-int
 def build_export(root: Path, shape: list[str]) -> tuple[Path, dict]:
     """Shards, an untrained encoder of this shape, and its full export (parity included)."""
     from mlrec.config import load_config
-    from mlrec.data.shards import TOKENIZER_DIR, build_shards, load_manifest
+    from mlrec.data.layout import TOKENIZER_DIR, load_manifest
+    from mlrec.data.shards import build_shards
+    from mlrec.data.tokenizer import load_tokenizer
     from mlrec.export.hf import export_model
     from mlrec.export.onnx_models import export_onnx
     from mlrec.export.parity import check_parity
     from mlrec.models.recommender import build_recommender
-    from mlrec.models.tokenizer import load_tokenizer
 
     cfg = load_config(TINY, [f"run_dir={root}", *shape])
     build_shards(cfg, progress=False)
@@ -81,7 +82,7 @@ def build_export(root: Path, shape: list[str]) -> tuple[Path, dict]:
 
 def batches(export: Path, batch_size: int, count: int, seed: int) -> list[tuple]:
     """Batches of real catalog titles (token rows), each cut to its longest item."""
-    from mlrec.models.tokenizer import load_tokenizer
+    from mlrec.data.tokenizer import load_tokenizer
 
     table = np.load(export / "catalog" / "tokens.npy")
     pad_id = load_tokenizer(export).pad_token_id

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlrec import pipeline  # noqa: E402
 from mlrec.config import Config, load_config  # noqa: E402
+from mlrec.data.pairs import fetch_vlc_catalogs  # noqa: E402
+from mlrec.data.xling import rewrite_corpus, transfer_gaps  # noqa: E402
 from mlrec.distill.align import align  # noqa: E402
-from mlrec.distill.pairs import fetch_vlc_catalogs  # noqa: E402
-from mlrec.distill.xling import rewrite_corpus, transfer_gaps  # noqa: E402
 
 log = logging.getLogger("bench_xling")
 
@@ -222,7 +222,7 @@ def items_per_second(encoder, table: np.ndarray, pad_id: int, batch: int = 256) 
 
 
 def bench_distill(work: Path, s: dict[str, Any]) -> dict[str, Any]:
-    from mlrec.data.shards import ITEM_TOKENS
+    from mlrec.data.layout import ITEM_TOKENS
     from mlrec.export.hf import load_export
 
     base = corpus_overrides(work, s)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrec.data.loader import read_impressions, shard_paths
-from mlrec.data.shards import ITEM_TOKENS, TOKENIZER_DIR, item_index, load_manifest
+from mlrec.data.layout import ITEM_TOKENS, TOKENIZER_DIR, item_index, load_manifest, shard_paths
+from mlrec.data.loader import read_impressions
 
 
 def describe(shards_dir: str | Path, peek: int = 2) -> str:

@@ -1,9 +1,5 @@
-"""The item table: every (news id, language) tokenised once, in a stable order.
-
-  tokenizer/         the tokenizer the items were encoded with (Hugging Face format)
-  items/tokens.npy   int32 [items, data.max_item_tokens], padded with the tokenizer's pad id
-  items/index.tsv    one line per row: nid@lang, language, category, subcategory
-  items/items.json   counts, source files, row accounting, and the fingerprint of the inputs
+"""The item table: every (news id, language) tokenised once, in a stable order (tokenizer/ and
+items/ of a shards folder, see mlrec.data.layout).
 
 The news files are streamed several times (counting, tokenizer training, encoding, and a pass for
 categories once a row lacks its own) instead of being held in memory: xMIND has ~1.8M (item,
@@ -30,29 +26,15 @@ from tqdm import tqdm
 
 from mlrec.config import Config
 from mlrec.data.corpus import news_files
-from mlrec.data.mind import ItemKey, NewsItem, read_news
+from mlrec.data.layout import ITEM_INDEX, ITEM_TOKENS, ITEMS_DIR, ITEMS_RECORD, TOKENIZER_DIR
+from mlrec.data.mind import NewsItem, read_news
 from mlrec.data.rows import UNKNOWN_ITEM, DataError, RowLog
+from mlrec.io import file_record, sha256
+from mlrec.languages import ItemKey
 
 log = logging.getLogger(__name__)
 
-ITEMS_DIR = "items"
-ITEM_TOKENS = "items/tokens.npy"
-ITEM_INDEX = "items/index.tsv"
-ITEMS_RECORD = "items/items.json"
-TOKENIZER_DIR = "tokenizer"
 _TOKENIZE_BATCH = 1024
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_record(path: Path) -> dict[str, Any]:
-    return {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256(path)}
 
 
 def _categories(files: dict[str, list[Path]]) -> dict[str, tuple[str, str]]:
@@ -125,7 +107,7 @@ def fingerprint(cfg: Config, sources: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def _tokenizer(cfg: Config, texts: Iterator[str], out: Path) -> tuple[Any, dict[str, str]]:
-    from mlrec.models.tokenizer import load_tokenizer, train_tokenizer
+    from mlrec.data.tokenizer import load_tokenizer, train_tokenizer
 
     source = cfg.model.tokenizer or cfg.model.name_or_path
     if source:
@@ -228,16 +210,3 @@ def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]
         (tmp / name).rename(out / name)
     tmp.rmdir()
     return record
-
-
-def item_keys(shards_dir: Path) -> Iterator[tuple[ItemKey, int]]:
-    """((news id, language), row) for each row of the item table, from items/index.tsv."""
-    with open(shards_dir / ITEM_INDEX, encoding="utf-8") as handle:
-        for row, line in enumerate(handle):
-            nid, _, lang = line.split("\t", 1)[0].rpartition("@")
-            yield (nid, lang), row
-
-
-def item_rows(shards_dir: Path) -> dict[ItemKey, int]:
-    """(news id, language) -> row of the item table."""
-    return dict(item_keys(shards_dir))

@@ -38,24 +38,9 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mlrec.data.shards import ITEM_TOKENS, load_manifest
+from mlrec.data.layout import ITEM_TOKENS, language_shards, load_manifest
 
 log = logging.getLogger(__name__)
-
-
-def shard_paths(shards_dir: str | Path, split: str) -> list[str]:
-    manifest = load_manifest(shards_dir)
-    return [str(Path(shards_dir) / s["name"]) for s in manifest["splits"][split]["shards"]]
-
-
-def language_shards(shards_dir: str | Path, split: str) -> dict[str, list[tuple[str, int]]]:
-    """Language -> [(shard path, samples)] in name order."""
-    shards: dict[str, list[tuple[str, int]]] = {}
-    for s in load_manifest(shards_dir)["splits"][split]["shards"]:
-        shards.setdefault(s["language"], []).append(
-            (str(Path(shards_dir) / s["name"]), s["samples"])
-        )
-    return dict(sorted(shards.items()))
 
 
 def round_sizes(owned: dict[str, int], alpha: float) -> dict[str, int]:

@@ -29,14 +29,13 @@ from mlrec.data.rows import (
     DataError,
     RowLog,
 )
+from mlrec.languages import ItemKey, parse_ref
 
 NEWS_COLUMNS = 8
 XMIND_NEWS_COLUMNS = 3
 BEHAVIORS_COLUMNS = 5
 
-ItemKey = tuple[str, str]  # (news id, language)
-
-__all__ = ["DataError", "Impression", "NewsItem", "read_behaviors", "read_news"]
+__all__ = ["Impression", "NewsItem", "read_behaviors", "read_news"]
 
 
 @dataclass(frozen=True)
@@ -118,11 +117,6 @@ def read_news(path: str | Path, lang: str, rows: RowLog | None = None) -> Iterat
             yield parse_news(raw, path, number, lang)
         except DataError as err:
             rows.reject(path, err)
-
-
-def parse_ref(token: str, default_language: str) -> ItemKey:
-    nid, sep, lang = token.partition("@")
-    return (nid, lang if sep else default_language)
 
 
 def parse_behavior(raw: bytes, path: Path, number: int, default_language: str) -> Impression:

@@ -22,8 +22,9 @@ from json.encoder import encode_basestring_ascii  # what json.dumps uses for str
 from pathlib import Path
 from typing import Protocol
 
-from mlrec.data.mind import ItemKey, parse_behavior
+from mlrec.data.mind import parse_behavior
 from mlrec.data.rows import UNKNOWN_ITEM, DataError
+from mlrec.languages import ItemKey
 
 _LABELLED = frozenset(("-0", "-1"))
 

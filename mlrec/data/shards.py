@@ -1,9 +1,6 @@
 """Impression shards: webdataset tars whose samples reference rows of the item table.
 
-Layout of a shards folder (besides tokenizer/ and items/, see items.py):
-  train-000003-de.tar   the German impressions among rows 3N..4N-1 of train behaviors.tsv
-  train-000003.json     that unit's record: row accounting, its tars with counts and checksums
-  manifest.json         counts per split and language, tokenizer, sources, checksums, row counts
+The folder's layout (file names, the manifest) is mlrec.data.layout's.
 
 A *unit* is N = `data.shard_max_samples` consecutive rows of one behaviors file. Units are the
 grain of parallelism and restart: a pool of processes (`--workers`) or the tasks of a SLURM array
@@ -37,33 +34,16 @@ from tqdm import tqdm
 
 from mlrec.config import Config
 from mlrec.data.corpus import behaviors_file, prepare_corpus
-from mlrec.data.items import (
-    ITEM_INDEX,
-    ITEM_TOKENS,
-    ITEMS_RECORD,
-    TOKENIZER_DIR,
-    build_items,
-    file_record,
-    item_keys,
-    sha256,
-)
+from mlrec.data.items import build_items
+from mlrec.data.layout import ITEMS_RECORD, MANIFEST, item_keys
 from mlrec.data.rows import DataError, RowLog
 from mlrec.data.samples import SampleEncoder
 from mlrec.data.tars import TarWriter
+from mlrec.io import file_record
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "ITEM_INDEX",
-    "ITEM_TOKENS",
-    "MANIFEST",
-    "TOKENIZER_DIR",
-    "build_items",
-    "build_shards",
-    "sha256",
-]
 
-MANIFEST = "manifest.json"
 SPLITS = ("train", "dev")
 
 
@@ -245,17 +225,6 @@ def write_units(jobs: list[UnitJob], workers: int, progress: bool) -> None:
     bar.close()
 
 
-def parse_slice(text: str) -> tuple[int, int]:
-    """`3/8` -> (3, 8): task 3 of 8, counting from 0 as SLURM_ARRAY_TASK_ID does."""
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--slice {text!r} must look like I/N, e.g. 0/8") from None
-    if not 0 <= index < count:
-        raise ValueError(f"--slice {text!r}: need 0 <= I < N")
-    return index, count
-
-
 def shard_slice(cfg: Config, index: int, count: int, progress: bool = True) -> int:
     """Write the units j with j % count == index (over both splits); returns how many."""
     plan = unit_jobs(cfg)
@@ -334,18 +303,3 @@ def build_shards(cfg: Config, progress: bool = True, workers: int = 1) -> dict[s
     plan = unit_jobs(cfg)
     write_units([job for split in SPLITS for job in plan[split]["jobs"]], workers, progress)
     return merge_shards(cfg)
-
-
-def load_manifest(shards_dir: str | Path) -> dict[str, Any]:
-    path = Path(shards_dir) / MANIFEST
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: write the shards first with `mlrec shard --config ...`"
-        )
-    return json.loads(path.read_text())
-
-
-def item_index(shards_dir: str | Path) -> list[tuple[str, str, str, str]]:
-    """Rows of items/index.tsv: (key, language, category, subcategory)."""
-    with open(Path(shards_dir) / ITEM_INDEX, encoding="utf-8") as handle:
-        return [tuple(line.rstrip("\n").split("\t")) for line in handle]  # type: ignore[misc]

@@ -41,32 +41,10 @@ from typing import IO, Any
 
 import numpy as np
 
-__all__ = [
-    "CATEGORIES",
-    "DEFAULT_LANGUAGES",
-    "LANGUAGE_SCRIPTS",
-    "SUPPORTED_LANGUAGES",
-    "generate_corpus",
-]
+from mlrec.languages import DEFAULT_LANGUAGES, LANGUAGE_SCRIPTS, SUPPORTED_LANGUAGES
 
-# ISO 15924 script of each supported language (ko is written here in Hangul only).
-LANGUAGE_SCRIPTS: dict[str, str] = {
-    "en": "Latn",
-    "de": "Latn",
-    "fr": "Latn",
-    "es": "Latn",
-    "it": "Latn",
-    "pt": "Latn",
-    "pl": "Latn",
-    "ru": "Cyrl",
-    "uk": "Cyrl",
-    "ar": "Arab",
-    "zh": "Hani",
-    "ja": "Jpan",
-    "ko": "Hang",
-}
-SUPPORTED_LANGUAGES: tuple[str, ...] = tuple(LANGUAGE_SCRIPTS)
-DEFAULT_LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "ru", "uk", "ar", "zh", "ja")
+__all__ = ["CATEGORIES", "generate_corpus"]
+
 
 # MIND-style English category and subcategory ids (subcategory ids are unique corpus-wide).
 CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (

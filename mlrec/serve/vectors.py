@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from mlrec.config import Config, ConfigError, read_yaml
-from mlrec.data.items import sha256
 from mlrec.export.backends import Backend, load_backend, onnx_path
 from mlrec.export.hf import CATALOG_DIR, CONFIG_FILE, HEADS_FILE
+from mlrec.io import sha256
 from mlrec.serve.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def load_or_embed(
 def write_catalog_vectors(export_dir: str | Path, cfg: Config, backend_name: str) -> Path:
     """Embed an export's catalog with `backend_name` exactly as `mlrec serve` would at start
     (same backend, threads and batch size), and save the vectors into the export."""
-    from mlrec.models.tokenizer import load_tokenizer
+    from mlrec.data.tokenizer import load_tokenizer
 
     backend = load_backend(export_dir, backend_name, cfg.serve.threads)
     tokenizer = load_tokenizer(export_dir, trust_remote_code=cfg.model.trust_remote_code)

@@ -14,22 +14,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
-STATE_FILE = "trainer_state.json"
-PREFIX = "step-"
-
-
-def checkpoint_dirs(root: str | Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    done = [p for p in root.glob(f"{PREFIX}*") if (p / STATE_FILE).is_file()]
-    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    found = checkpoint_dirs(root)
-    return found[-1] if found else None
+from mlrec.runs import PREFIX, STATE_FILE, checkpoint_dirs
 
 
 def save_checkpoint(

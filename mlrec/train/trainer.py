@@ -24,15 +24,16 @@ from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs,
 from transformers import get_scheduler
 
 from mlrec.config import Config, ConfigError
+from mlrec.data.layout import TOKENIZER_DIR, load_manifest
 from mlrec.data.loader import train_loader
-from mlrec.data.shards import TOKENIZER_DIR, load_manifest
-from mlrec.evaluation import METRICS, format_table
+from mlrec.data.tokenizer import load_tokenizer
+from mlrec.evaluation.metrics import METRICS, format_table
+from mlrec.evaluation.ranking import evaluate
 from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
 from mlrec.models.recommender import Recommender, build_recommender, target_columns
-from mlrec.models.tokenizer import load_tokenizer
+from mlrec.runs import latest_checkpoint
 from mlrec.train import adalora_deepspeed
-from mlrec.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from mlrec.train.evaluate import evaluate
+from mlrec.train.checkpoint import load_checkpoint, save_checkpoint
 from mlrec.train.signals import Preempted, StopSignals
 
 log = logging.getLogger(__name__)

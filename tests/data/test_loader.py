@@ -4,7 +4,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mlrec.data.loader import read_impressions, round_sizes, shard_paths, train_loader
+from mlrec.data.layout import shard_paths
+from mlrec.data.loader import read_impressions, round_sizes, train_loader
 
 
 def _loader(shards, **kw):

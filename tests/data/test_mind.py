@@ -1,6 +1,8 @@
 import pytest
 
-from mlrec.data.mind import DataError, parse_ref, read_behaviors, read_news
+from mlrec.data.mind import read_behaviors, read_news
+from mlrec.data.rows import DataError
+from mlrec.languages import parse_ref
 
 NEWS_ROW = "N1\tsports\tfootball\tA title\tAn abstract\thttps://x/N1\t[]\t[]\n"
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from mlrec.data.loader import read_impressions, shard_paths
+from mlrec.data.layout import shard_paths
+from mlrec.data.loader import read_impressions
 
 HERE = os.path.dirname(__file__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mlrec.data.items import item_keys
+from mlrec.data.layout import item_keys, load_manifest
 from mlrec.data.rows import (
     BAD_ID,
     BAD_LABEL,
@@ -19,7 +19,7 @@ from mlrec.data.rows import (
     DataError,
 )
 from mlrec.data.samples import SampleEncoder, reference_sample
-from mlrec.data.shards import load_manifest, plan_units
+from mlrec.data.shards import plan_units
 from mlrec.data.tars import MODE
 
 KEYS = [

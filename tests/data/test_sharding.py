@@ -5,19 +5,12 @@ import os
 
 import pytest
 
+from mlrec.cli import parse_slice
 from mlrec.data.items import build_items
-from mlrec.data.loader import read_impressions, shard_paths
-from mlrec.data.mind import DataError
-from mlrec.data.rows import BAD_LABEL, COLUMNS, EMPTY_TITLE, ENCODING, UNKNOWN_ITEM
-from mlrec.data.shards import (
-    MANIFEST,
-    build_shards,
-    item_index,
-    load_manifest,
-    merge_shards,
-    parse_slice,
-    shard_slice,
-)
+from mlrec.data.layout import MANIFEST, item_index, load_manifest, shard_paths
+from mlrec.data.loader import read_impressions
+from mlrec.data.rows import BAD_LABEL, COLUMNS, EMPTY_TITLE, ENCODING, UNKNOWN_ITEM, DataError
+from mlrec.data.shards import build_shards, merge_shards, shard_slice
 from tests.conftest import tiny_config
 
 

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from mlrec.data.loader import read_impressions, shard_paths
-from mlrec.data.mind import DataError, read_behaviors
-from mlrec.data.shards import ITEM_TOKENS, build_shards, item_index, load_manifest, sha256
+from mlrec.data.layout import ITEM_TOKENS, item_index, load_manifest, shard_paths
+from mlrec.data.loader import read_impressions
+from mlrec.data.mind import read_behaviors
+from mlrec.data.rows import DataError
+from mlrec.data.shards import build_shards
+from mlrec.io import sha256
 from tests.conftest import tiny_config
 
 

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mlrec.data.synthetic import (
-    CATEGORIES,
-    DEFAULT_LANGUAGES,
-    LANGUAGE_SCRIPTS,
-    SUPPORTED_LANGUAGES,
-    generate_corpus,
-)
+from mlrec.data.synthetic import CATEGORIES, generate_corpus
+from mlrec.languages import DEFAULT_LANGUAGES, LANGUAGE_SCRIPTS, SUPPORTED_LANGUAGES
 
 SMALL = dict(
     num_news=300,

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
 from mlrec.config import ConfigError, load_config
+from mlrec.data.pairs import load_pairs, mo_language
 from mlrec.distill.align import align
-from mlrec.distill.pairs import load_pairs, mo_language
-from mlrec.distill.retrieval import top1
 from mlrec.distill.teachers import cached_embeddings
+from mlrec.evaluation.retrieval import top1
 from mlrec.models.recommender import ItemEncoder
 from tests.conftest import TINY
 
@@ -180,9 +180,9 @@ def test_alignment_learns_to_retrieve_unseen_translations(tmp_path):
 
 
 def test_hf_teacher_folder_and_an_empty_teacher(tmp_path):
+    from mlrec.data.tokenizer import train_tokenizer
     from mlrec.distill.teachers import HFTeacher, load_teacher
     from mlrec.models.recommender import build_backbone
-    from mlrec.models.tokenizer import train_tokenizer
 
     cfg = _cfg(tmp_path)
     tok = train_tokenizer(["hello world", "bonjour le monde"] * 50, 120, tmp_path / "t")
@@ -210,7 +210,7 @@ def test_muse_teacher_puts_translations_together():
 @pytest.mark.fetch
 def test_real_gettext_pairs_in_many_languages(tmp_path):
     """VLC's catalogs give 1,000+ English sentence pairs in each of 12 mUSE languages."""
-    from mlrec.distill.pairs import fetch_vlc_catalogs
+    from mlrec.data.pairs import fetch_vlc_catalogs
 
     try:
         locale = fetch_vlc_catalogs(tmp_path / "vlc")

@@ -15,12 +15,12 @@ LANGUAGES = ["en", "de", "ru", "ar", "zh", "ja"]
 
 
 def make_export(root: Path, shards_dir: Path, *, onnx: bool = True) -> Path:
-    from mlrec.data.shards import TOKENIZER_DIR, load_manifest
+    from mlrec.data.layout import TOKENIZER_DIR, load_manifest
+    from mlrec.data.tokenizer import load_tokenizer
     from mlrec.export.hf import export_model
     from mlrec.export.onnx_models import export_onnx
     from mlrec.models.adapters import adapt_backbone
     from mlrec.models.recommender import build_recommender
-    from mlrec.models.tokenizer import load_tokenizer
 
     cfg = tiny_config(root, f"data.shards_dir={shards_dir}")
     tokenizer = load_tokenizer(shards_dir / TOKENIZER_DIR)

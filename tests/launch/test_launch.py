@@ -59,7 +59,8 @@ def test_launch_config_loads_and_its_header_command_launches_it(path):
     for command in launches:
         args = parser.parse_args(command[2:])  # exits on an unknown flag
         assert Path(args.config_file) == path.relative_to(REPO)
-        assert args.module and args.training_script == "mlrec.train"
+        assert args.module and args.training_script == "mlrec"
+        assert args.training_script_args[0] == "train"
         config_arg = args.training_script_args[args.training_script_args.index("--config") + 1]
         assert (REPO / config_arg).is_file(), config_arg
     for command in commands:
@@ -112,7 +113,8 @@ def test_run_train_on_a_cpu_host_starts_real_processes_on_gloo(tmp_path):
             "--main_process_port",
             "29500",
             "-m",
-            "mlrec.train",
+            "mlrec",
+            "train",
             "--config",
             str(REPO / "launch" / ".." / "configs" / "debug" / "tiny.yaml"),
             "train.steps=3",
@@ -151,7 +153,8 @@ def test_run_train_runs_one_process_without_a_launcher(tmp_path):
     assert cluster.calls("python") == [
         [
             "-m",
-            "mlrec.train",
+            "mlrec",
+            "train",
             "--config",
             str(REPO / "launch" / ".." / "configs" / "debug" / "tiny.yaml"),
             "train.steps=3",

@@ -28,7 +28,8 @@ def launch(run: Path, launch_args: list[str], env: dict[str, str], *overrides: s
         "--main_process_port",
         "29547",
         "-m",
-        "mlrec.train",
+        "mlrec",
+        "train",
         "--config",
         str(TINY),
         f"run_dir={run}",
@@ -97,10 +98,10 @@ def test_zero3_adapters_are_whole_and_reload_to_the_same_scores(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from mlrec.data.shards import load_manifest
+    from mlrec.data.layout import load_manifest
+    from mlrec.evaluation.ranking import evaluate
     from mlrec.models.adapters import load_adapter
     from mlrec.models.recommender import build_recommender
-    from mlrec.train.evaluate import evaluate
 
     run = tmp_path / method
     launch(
@@ -143,5 +144,22 @@ def test_zero3_adapters_are_whole_and_reload_to_the_same_scores(
         max_history=cfg.data.max_history,
     )
     trained = json.loads((run / "eval" / "metrics.json").read_text())
+    for key in ("auc", "mrr", "ndcg@10"):
+        assert metrics["overall"][key] == pytest.approx(trained["overall"][key], abs=1e-5)
+
+    # export's path: the model alone from the ZeRO-3 checkpoint (partitions consolidated on
+    # CPU, no optimizer, no accelerator), scoring as the trained model did
+    from mlrec.models.trained import load_trained
+    from mlrec.runs import checkpoint_root, latest_checkpoint
+
+    restored = load_trained(cfg, latest_checkpoint(checkpoint_root(run)), 0, pad)
+    metrics = evaluate(
+        restored,
+        Accelerator(cpu=True),
+        tiny_shards,
+        pad,
+        batch_size=64,
+        max_history=cfg.data.max_history,
+    )
     for key in ("auc", "mrr", "ndcg@10"):
         assert metrics["overall"][key] == pytest.approx(trained["overall"][key], abs=1e-5)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mlrec.train.checkpoint import STATE_FILE, checkpoint_dirs, latest_checkpoint
+from mlrec.runs import STATE_FILE, checkpoint_dirs, latest_checkpoint
 from mlrec.train.signals import EXIT_PREEMPTED, StopSignals
 from tests.conftest import REPO, TINY
 

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from mlrec.evaluation import auc, format_table, impression_metrics, mrr, ndcg, summarize
+from mlrec.evaluation.metrics import auc, format_table, impression_metrics, mrr, ndcg, summarize
 
 
 def test_auc_hand_computed():

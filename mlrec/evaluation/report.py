@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from mlrec.distill.align import RETRIEVAL_FILE
+from mlrec.evaluation.retrieval import RETRIEVAL_FILE
 
 log = logging.getLogger(__name__)
 

@@ -16,31 +16,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
-from mlrec.data.loader import read_impressions, shard_paths
-from mlrec.data.shards import ITEM_TOKENS
-from mlrec.evaluation import impression_metrics, summarize
+from mlrec.data.layout import ITEM_TOKENS, shard_paths
+from mlrec.data.loader import read_impressions
+from mlrec.evaluation.encode import TorchItems, encode_rows
+from mlrec.evaluation.metrics import impression_metrics, summarize
 from mlrec.models.recommender import Recommender
 
 _USERS_PER_PASS = 256
-
-
-@torch.no_grad()
-def encode_rows(
-    model: Recommender,
-    table: np.ndarray,
-    rows: list[int],
-    pad_id: int,
-    batch_size: int,
-    device: torch.device,
-) -> torch.Tensor:
-    """Item vectors for the given rows of the item table, `batch_size` items per forward pass."""
-    out = []
-    for start in range(0, len(rows), batch_size):
-        tokens = table[rows[start : start + batch_size]]
-        width = max(int((tokens != pad_id).sum(axis=1).max()), 1)
-        ids = torch.from_numpy(tokens[:, :width].astype(np.int64)).to(device)
-        out.append(model.item_encoder(ids, ids != pad_id).float())
-    return torch.cat(out) if out else torch.empty(0, model.item_encoder.dim, device=device)
 
 
 def full_parameters(accelerator: Accelerator, model: torch.nn.Module):
@@ -66,7 +48,7 @@ def evaluate(
     max_history: int,
     max_impressions: int = 0,
 ) -> dict[str, Any]:
-    """MIND metrics on the dev shards, per language and overall (see mlrec.evaluation)."""
+    """MIND metrics on the dev shards, per language and overall (see mlrec.evaluation.metrics)."""
     was_training = model.training
     model.eval()
     impressions = list(read_impressions(shard_paths(shards_dir, "dev")))
@@ -77,7 +59,9 @@ def evaluate(
     rows = sorted({r for imp in mine for r in (*imp["history"][-max_history:], *imp["candidates"])})
     position = {r: i for i, r in enumerate(rows)}
     with full_parameters(accelerator, model), accelerator.autocast():
-        vectors = encode_rows(model, table, rows, pad_id, batch_size, accelerator.device)
+        encoder = TorchItems(model.item_encoder, accelerator.device)
+        vectors = encode_rows(encoder, table, np.asarray(rows), pad_id, batch_size)
+        vectors = torch.from_numpy(vectors).to(accelerator.device)
         records = []
         for start in range(0, len(mine), _USERS_PER_PASS):
             chunk = mine[start : start + _USERS_PER_PASS]

@@ -10,6 +10,8 @@ import numpy as np
 
 from mlrec.data.parallel import Pair
 
+RETRIEVAL_FILE = "retrieval.json"  # <run_dir>/eval/: written by `mlrec align`, read by report
+
 
 def top1(sources: np.ndarray, targets: np.ndarray) -> float:
     """Fraction of rows i whose most cosine-similar target row is i."""

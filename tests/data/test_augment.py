@@ -7,8 +7,8 @@ import subprocess
 import pytest
 
 from mlrec.config import ConfigError
+from mlrec.data.augment import _B64, CodeSwitcher, back_translated, read_freedict
 from mlrec.data.parallel import Pair
-from mlrec.distill.augment import _B64, CodeSwitcher, back_translated, read_freedict
 
 
 def _b64(n: int) -> str:

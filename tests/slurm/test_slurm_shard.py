@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from mlrec.data.shards import load_manifest
+from mlrec.data.layout import load_manifest
 from tests.conftest import REPO, TINY
 
 FAKE_SBATCH = textwrap.dedent(

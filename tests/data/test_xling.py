@@ -7,7 +7,7 @@ import pytest
 
 from mlrec.data.corpus import prepare_corpus
 from mlrec.data.mind import read_behaviors
-from mlrec.distill.xling import rewrite_corpus, transfer_gaps
+from mlrec.data.xling import rewrite_corpus, transfer_gaps
 from tests.conftest import tiny_config
 
 

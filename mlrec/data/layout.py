@@ -1,0 +1,72 @@
+"""The layout of a shards folder: where each file lives and how readers find them.
+
+  tokenizer/            the tokenizer the items were encoded with (Hugging Face format)
+  items/tokens.npy      int32 [items, data.max_item_tokens], padded with the tokenizer's pad id
+  items/index.tsv       one line per row: nid@lang, language, category, subcategory
+  items/items.json      counts, source files, row accounting, and the fingerprint of the inputs
+  train-000003-de.tar   the German impressions among rows 3N..4N-1 of train behaviors.tsv
+  train-000003.json     that unit's record: row accounting, its tars with counts and checksums
+  manifest.json         counts per split and language, tokenizer, sources, checksums, row counts
+
+Writers (items.py, shards.py) and readers (loader, evaluation, export, serve) all take names
+from here, so the layout has one owner.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mlrec.languages import ItemKey, parse_ref
+
+TOKENIZER_DIR = "tokenizer"
+ITEMS_DIR = "items"
+ITEM_TOKENS = "items/tokens.npy"
+ITEM_INDEX = "items/index.tsv"
+ITEMS_RECORD = "items/items.json"
+MANIFEST = "manifest.json"
+
+
+def load_manifest(shards_dir: str | Path) -> dict[str, Any]:
+    path = Path(shards_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: write the shards first with `mlrec shard --config ...`"
+        )
+    return json.loads(path.read_text())
+
+
+def shard_paths(shards_dir: str | Path, split: str) -> list[str]:
+    """The tars of a split, in the manifest's order."""
+    manifest = load_manifest(shards_dir)
+    return [str(Path(shards_dir) / s["name"]) for s in manifest["splits"][split]["shards"]]
+
+
+def language_shards(shards_dir: str | Path, split: str) -> dict[str, list[tuple[str, int]]]:
+    """Language -> [(shard path, samples)] in name order."""
+    shards: dict[str, list[tuple[str, int]]] = {}
+    for s in load_manifest(shards_dir)["splits"][split]["shards"]:
+        shards.setdefault(s["language"], []).append(
+            (str(Path(shards_dir) / s["name"]), s["samples"])
+        )
+    return dict(sorted(shards.items()))
+
+
+def item_index(shards_dir: str | Path) -> list[tuple[str, str, str, str]]:
+    """Rows of items/index.tsv: (key, language, category, subcategory)."""
+    with open(Path(shards_dir) / ITEM_INDEX, encoding="utf-8") as handle:
+        return [tuple(line.rstrip("\n").split("\t")) for line in handle]  # type: ignore[misc]
+
+
+def item_keys(shards_dir: str | Path) -> Iterator[tuple[ItemKey, int]]:
+    """((news id, language), row) for each row of the item table, from items/index.tsv."""
+    with open(Path(shards_dir) / ITEM_INDEX, encoding="utf-8") as handle:
+        for row, line in enumerate(handle):
+            yield parse_ref(line.split("\t", 1)[0], ""), row
+
+
+def item_rows(shards_dir: str | Path) -> dict[ItemKey, int]:
+    """(news id, language) -> row of the item table."""
+    return dict(item_keys(shards_dir))

@@ -1,0 +1,66 @@
+"""A trained recommender back from a checkpoint, for evaluation and export: the model alone.
+
+Training's checkpoints hold accelerate's whole state (model, optimizer, scheduler, RNG); reading
+a model needs none of the rest, so this builds the recommender exactly as training built it
+(same config, adapters applied, so parameter names match) and loads the weights into it. No
+optimizer, scheduler, accelerator or data loader is created, and nothing is run from the
+checkpoint: weights come from safetensors, or from DeepSpeed's ZeRO partitions consolidated to
+fp32 on CPU (its own reader, tensors only).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from mlrec.config import Config
+from mlrec.models.adapters import adapt_backbone
+from mlrec.models.recommender import Recommender, build_recommender
+from mlrec.runs import MODEL_WEIGHTS, STATE_FILE, ZERO_WEIGHTS_DIR
+
+# A distilled student's checkpoint also holds its projection into the teacher's width; it is
+# training-only and not part of the recommender.
+TRAINING_ONLY = ("head.",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder is incomplete, or its weights do not fit the configured model."""
+
+
+def checkpoint_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The full model state dict of a checkpoint folder, on CPU."""
+    path = Path(checkpoint)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path} is not a complete mlrec checkpoint (no {STATE_FILE})")
+    if (path / MODEL_WEIGHTS).is_file():
+        return load_file(str(path / MODEL_WEIGHTS))
+    if (path / ZERO_WEIGHTS_DIR).is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(path), tag=ZERO_WEIGHTS_DIR)
+    raise CheckpointError(
+        f"{path} holds neither {MODEL_WEIGHTS} nor DeepSpeed's {ZERO_WEIGHTS_DIR}/"
+    )
+
+
+def load_trained(
+    cfg: Config, checkpoint: str | Path, vocab_size: int, pad_token_id: int
+) -> Recommender:
+    """The recommender of `checkpoint` as `cfg` describes it, in eval mode on CPU."""
+    model = build_recommender(cfg.model, vocab_size, pad_token_id)
+    model.item_encoder.backbone = adapt_backbone(
+        model.item_encoder.backbone, cfg.adapter, cfg.train.steps
+    )
+    state = {
+        k: v for k, v in checkpoint_weights(checkpoint).items() if not k.startswith(TRAINING_ONLY)
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{checkpoint} does not fit the configured model ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected weights, e.g. {(missing or unexpected)[:3]}): is the "
+            "run's config.yaml the one it was trained with?"
+        )
+    return model.eval()
