@@ -48,6 +48,14 @@ def files_digest(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
+def texts_digest(texts: Iterable[str]) -> str:
+    """sha256 of a sequence of texts (each UTF-8, NUL-terminated, so boundaries count)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
 def temporary(path: str | Path) -> Path:
     """A temporary name beside `path`, unique to this process, hidden, with the same suffix
     (numpy appends .npy to names without it)."""

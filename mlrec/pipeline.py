@@ -8,6 +8,7 @@ wrote.
 from __future__ import annotations
 
 import logging
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,8 @@ def train(cfg: Config) -> dict[str, Any]:
     """Train (resuming if configured), evaluate, and close the process group."""
     from mlrec.train.trainer import Trainer
 
-    trainer = Trainer(cfg)
-    try:
+    with closing(Trainer(cfg)) as trainer:
         return trainer.train()
-    finally:
-        trainer.close()
 
 
 def _restored(cfg: Config):
@@ -104,11 +102,8 @@ def trained_model(cfg: Config):
 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
-    trainer = _restored(cfg)
-    try:
+    with closing(_restored(cfg)) as trainer:
         return trainer.evaluate()
-    finally:
-        trainer.close()
 
 
 def export(cfg: Config) -> Path:
@@ -167,11 +162,8 @@ def distill(cfg: Config, *, cache_teacher: bool = False) -> dict[str, Any] | Non
     if cache_teacher:
         recommend.cache_teacher(cfg)
         return None
-    trainer = recommend.Distiller(cfg)
-    try:
+    with closing(recommend.Distiller(cfg)) as trainer:
         return trainer.train()
-    finally:
-        trainer.close()
 
 
 def xling(cfg: Config) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -21,19 +22,9 @@ def prepare_corpus(cfg: Config) -> Path:
     if cfg.data.source == "synthetic" and not (root / "corpus.json").is_file():
         from mlrec.data.synthetic import generate_corpus
 
-        syn = cfg.data.synthetic
         log.info("generating the synthetic corpus in %s", root)
-        generate_corpus(
-            root,
-            languages=syn.languages,
-            num_news=syn.num_news,
-            num_users=syn.num_users,
-            train_impressions=syn.train_impressions,
-            dev_impressions=syn.dev_impressions,
-            mixed_language_fraction=syn.mixed_language_fraction,
-            seed=syn.seed,
-            progress=True,
-        )
+        # the section's fields are the generator's arguments, one for one
+        generate_corpus(root, **dataclasses.asdict(cfg.data.synthetic), progress=True)
     return root
 
 

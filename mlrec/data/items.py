@@ -11,7 +11,6 @@ news id; a row whose id no MIND file knows is rejected as an unknown news id.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from mlrec import io
 from mlrec.config import Config
 from mlrec.data.corpus import news_files
 from mlrec.data.layout import ITEM_INDEX, ITEM_TOKENS, ITEMS_DIR, ITEMS_RECORD, TOKENIZER_DIR
@@ -103,7 +103,7 @@ def fingerprint(cfg: Config, sources: dict[str, list[dict[str, Any]]]) -> str:
         "tokenizer": model.tokenizer or model.name_or_path,
         "vocab_size": model.vocab_size,
     }
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    return io.fingerprint(inputs)
 
 
 def _tokenizer(cfg: Config, texts: Iterator[str], out: Path) -> tuple[Any, dict[str, str]]:
@@ -207,6 +207,6 @@ def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]
     (tmp / ITEMS_RECORD).write_text(json.dumps(record, indent=2, ensure_ascii=False))
     for name in (TOKENIZER_DIR, ITEMS_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
-        (tmp / name).rename(out / name)
+        io.publish(tmp / name, out / name)
     tmp.rmdir()
     return record

@@ -209,39 +209,18 @@ class TrainStream(IterableDataset):
             batch = []
 
 
-def train_loader(
-    shards_dir: str | Path,
-    *,
-    batch_size: int,
-    negatives: int,
-    max_history: int,
-    seed: int,
-    num_workers: int,
-    rank: int = 0,
-    world_size: int = 1,
-    skip_batches: int = 0,
-    language_alpha: float = 1.0,
-) -> DataLoader:
-    """A DataLoader over `TrainStream`; do not pass it to `accelerator.prepare` (it would split
-    or broadcast the stream a second time): move batches to the device yourself."""
-    stream = TrainStream(
-        shards_dir,
-        batch_size=batch_size,
-        negatives=negatives,
-        max_history=max_history,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        skip_batches=skip_batches,
-        language_alpha=language_alpha,
-    )
+def train_loader(shards_dir: str | Path, *, num_workers: int, **options: Any) -> DataLoader:
+    """A DataLoader over `TrainStream(shards_dir, **options)`; do not pass it to
+    `accelerator.prepare` (it would split or broadcast the stream a second time): move batches
+    to the device yourself."""
+    stream = TrainStream(shards_dir, **options)
     return DataLoader(
         stream,
         batch_size=None,
         num_workers=num_workers,
         # The workers' base seed would otherwise be drawn from the global torch RNG whenever an
         # iterator starts, shifting dropout masks after a resume; the stream needs no torch RNG.
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(stream.seed),
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
     )

@@ -19,10 +19,8 @@ without tarfile's per-member overhead. Tokenising the item table is then the oth
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mlrec import io
 from mlrec.config import Config
 from mlrec.data.corpus import behaviors_file, prepare_corpus
 from mlrec.data.items import build_items
@@ -96,7 +95,7 @@ def _unit_fingerprint(cfg: Config, items_key: str, source: dict[str, Any]) -> st
         cfg.data.default_language,
         cfg.data.on_error,
     ]
-    return hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
+    return io.fingerprint(inputs)
 
 
 _ENCODERS: dict[tuple[Path, str, str], SampleEncoder] = {}
@@ -153,7 +152,7 @@ def write_unit(job: UnitJob) -> dict[str, Any]:
     shards = []
     for lang in sorted(tars):
         final = out / f"{unit.name}-{lang}.tar"
-        os.replace(tars[lang].path, final)
+        io.publish(tars[lang].path, final)
         shards.append(
             {
                 "name": final.name,
@@ -169,9 +168,7 @@ def write_unit(job: UnitJob) -> dict[str, Any]:
         "rows": rows.files,
         "shards": shards,
     }
-    tmp = out / f".{unit.name}.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
-    os.replace(tmp, record_path)
+    io.write_json(record_path, record, indent=1, ensure_ascii=False)
     return record
 
 

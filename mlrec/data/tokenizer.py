@@ -8,40 +8,70 @@ loads it offline exactly like a hub tokenizer.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
+# One thread: SentencePiece's Unigram trainer gives the same model for the same input and thread
+# count (and a different one for another count); tokenizers' own UnigramTrainer differs on every
+# run, which changed the item table, and with it a trained model's scores, on every re-shard.
+_TRAIN_THREADS = 1
+_MAX_SENTENCES = 2_000_000  # SentencePiece samples this many (seeded) from a larger corpus
+
+
 def train_tokenizer(
     texts: Iterable[str], vocab_size: int, out_dir: str | Path
 ) -> PreTrainedTokenizerFast:
-    """Train a Unigram tokenizer on `texts` and save it to `out_dir` in Hugging Face format."""
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        unk_token="<unk>",
-        max_piece_length=8,
-        show_progress=False,
-    )
+    """Train a Unigram tokenizer on `texts` and save it to `out_dir` in Hugging Face format.
+
+    SentencePiece learns the pieces and their scores (deterministically); the tokenizer is then a
+    `tokenizers` Unigram model over them with XLM-R's special tokens at ids 0-4, NFKC and
+    Metaspace pre-tokenisation, as XLM-R's converted SentencePiece model has.
+    """
+    import sentencepiece as spm
+
+    spm.set_random_generator_seed(0)
+    model = io.BytesIO()
+    lines = (text for text in texts if text.strip())
     try:
-        tok.train_from_iterator(texts, trainer=trainer)
-    except Exception as err:  # tokenizers raises a bare Exception
-        if "not large enough" not in str(err):
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines,
+            model_writer=model,
+            model_type="unigram",
+            vocab_size=vocab_size - len(SPECIAL_TOKENS) + 1,  # its <unk> is ours
+            character_coverage=1.0,
+            max_sentencepiece_length=8,
+            hard_vocab_limit=False,  # a small corpus gets a smaller vocabulary, not an error
+            num_threads=_TRAIN_THREADS,
+            input_sentence_size=_MAX_SENTENCES,
+            shuffle_input_sentence=True,
+            bos_id=-1,
+            eos_id=-1,
+            pad_id=-1,
+            unk_id=0,
+            minloglevel=2,
+        )
+    except RuntimeError as err:
+        if "Vocabulary size" not in str(err):
             raise
         raise ValueError(
             f"model.vocab_size={vocab_size} cannot hold every character of the corpus (CJK text "
-            "brings thousands); raise model.vocab_size"
+            f"brings thousands); raise model.vocab_size ({err})"
         ) from err
+    pieces = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = [(token, 0.0) for token in SPECIAL_TOKENS]
+    vocab += [(pieces.id_to_piece(i), pieces.get_score(i)) for i in range(1, len(pieces))]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=SPECIAL_TOKENS.index("<unk>")))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
     fast = xlmr_style(tok, bos_id=0, eos_id=2, model_max_length=512, mask_token="<mask>")
     fast.save_pretrained(str(out_dir))
     return fast

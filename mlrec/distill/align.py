@@ -34,13 +34,14 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import get_scheduler
 
-from mlrec.config import Config
+from mlrec.config import Config, ConfigError
 from mlrec.data.pairs import ParallelSet, load_pairs
 from mlrec.data.parallel import Pair
 from mlrec.data.tokenizer import load_tokenizer, train_tokenizer
 from mlrec.distill.teachers import Teacher, cached_embeddings, load_teacher
 from mlrec.evaluation.retrieval import RETRIEVAL_FILE, retrieval_accuracy
 from mlrec.models.recommender import ItemEncoder, build_backbone
+from mlrec.train.trainer import build_accelerator, close_accelerator
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class Aligner:
         self.cfg = cfg
         self.out = out_dir(cfg)
         self.out.mkdir(parents=True, exist_ok=True)
+        self.accelerator = build_accelerator(cfg)
         torch.manual_seed(cfg.seed)
         self.pairs = load_pairs(cfg)
         if not self.pairs.train:
@@ -160,39 +162,51 @@ class Aligner:
         rng = random.Random(self.cfg.seed)
         order = list(range(len(self.pairs.train)))
         size = min(self.cfg.align.batch_size, len(order))
+        if size < self.accelerator.num_processes:
+            raise ConfigError(
+                f"align.batch_size={size} (or the number of training pairs) is below the "
+                f"number of processes ({self.accelerator.num_processes})"
+            )
         while True:
             rng.shuffle(order)
             for i in range(0, len(order) - size + 1, size):
                 yield [self.pairs.train[j] for j in order[i : i + size]]
 
-    def loss(self, batch: list[Pair]) -> torch.Tensor:
+    def loss(self, student: nn.Module, batch: list[Pair]) -> torch.Tensor:
         sources = [p.source for p in batch]
         if self.augment is not None:
             sources = [self.augment(p.source, p.tgt_lang) for p in batch]
         ids, mask = self.tokens(sources + [p.target for p in batch])
-        predicted = self.student(ids, mask).float()
-        wanted = self.targets[[self.row[p.source] for p in batch]]
+        device = self.accelerator.device
+        predicted = student(ids.to(device), mask.to(device)).float()
+        wanted = self.targets[[self.row[p.source] for p in batch]].to(device)
         return nn.functional.mse_loss(predicted, torch.cat([wanted, wanted]))
 
     def train(self) -> list[float]:
-        acfg = self.cfg.align
+        """The loop, on accelerate as training's is (devices, mixed precision, several
+        processes): every process draws the same seeded batches and takes its own share of each,
+        so the global batch is `align.batch_size` whatever the process count."""
+        acfg, accelerator = self.cfg.align, self.accelerator
         params = [p for p in self.student.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=acfg.lr, weight_decay=self.cfg.train.weight_decay)
         schedule = get_scheduler(
             "cosine", optimizer, num_warmup_steps=acfg.warmup_steps, num_training_steps=acfg.steps
         )
-        self.student.train()
+        student, optimizer, schedule = accelerator.prepare(self.student, optimizer, schedule)
+        student.train()
         batches = self.batches()
+        rank, world = accelerator.process_index, accelerator.num_processes
         losses: list[float] = []
         start = time.perf_counter()
         for step in range(1, acfg.steps + 1):
-            loss = self.loss(next(batches))
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, self.cfg.train.max_grad_norm or math.inf)
+            with accelerator.autocast():
+                loss = self.loss(student, next(batches)[rank::world])
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(params, self.cfg.train.max_grad_norm or math.inf)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss.detach()))
+            losses.append(float(accelerator.reduce(loss.detach(), "mean")))
             if step % self.cfg.train.log_every == 0 or step == acfg.steps:
                 recent = losses[-self.cfg.train.log_every :]
                 log.info(
@@ -202,7 +216,7 @@ class Aligner:
                     sum(recent) / len(recent),
                     time.perf_counter() - start,
                 )
-        self.student.eval()
+        self.student = accelerator.unwrap_model(student).eval().cpu()
         return losses
 
     @torch.no_grad()
@@ -247,12 +261,23 @@ class Aligner:
 
 
 def align(cfg: Config, teacher: Teacher | None = None) -> dict[str, Any]:
-    """Train, measure retrieval on the held-out pairs, save; returns the run's record."""
+    """Train, measure retrieval on the held-out pairs, save; returns the run's record (on the
+    main process; the others return {} once it is written)."""
     aligner = Aligner(cfg, teacher)
-    before = retrieval_accuracy(aligner.encode, aligner.pairs.heldout)
+    try:
+        return _align(aligner)
+    finally:
+        close_accelerator(aligner.accelerator)
+
+
+def _align(aligner: Aligner) -> dict[str, Any]:
+    cfg, main = aligner.cfg, aligner.accelerator.is_main_process
+    before = retrieval_accuracy(aligner.encode, aligner.pairs.heldout) if main else {}
     start = time.perf_counter()
     losses = aligner.train()
     seconds = time.perf_counter() - start
+    if not main:
+        return {}
     retrieval = aligner.retrieval()
     retrieval["student_before"] = before
     record = {

@@ -19,10 +19,8 @@ batch's items as text through its own tokenizer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mlrec import io
 from mlrec.config import Config, ConfigError
 from mlrec.data.layout import ITEM_TOKENS, MANIFEST, load_manifest, shard_paths
 from mlrec.data.loader import read_impressions
+from mlrec.distill.teachers import weights_digest
 from mlrec.evaluation.encode import TorchItems, encode_rows
 from mlrec.models.recommender import Recommender, candidate_scores, target_columns
 from mlrec.train.trainer import Trainer
@@ -157,14 +157,7 @@ class Distiller(Trainer):
         dcfg = self.cfg.distill
         # with in-batch negatives both softmaxes run over every candidate of the batch
         in_batch = self.cfg.train.in_batch_negatives
-        scores, items, users = self.model(
-            batch["item_ids"],
-            batch["item_mask"],
-            batch["history"],
-            batch["history_mask"],
-            batch["candidates"],
-            in_batch=in_batch,
-        )
+        scores, items, users = self.model_outputs(batch, in_batch)
         t_scores, t_items, t_users = self.teacher_outputs(batch, in_batch)
         labels = target_columns(batch["labels"], batch["candidates"], in_batch)
         parts = distillation_loss(scores.float(), t_scores, labels, dcfg)
@@ -183,12 +176,7 @@ class Distiller(Trainer):
 
 def teacher_record(path: str | Path) -> dict[str, Any]:
     """What names a teacher export: its folder and a digest of its weights and heads."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    for name in ("model.safetensors", "mlrec_heads.safetensors"):
-        if (path / name).is_file():
-            digest.update((path / name).read_bytes())
-    return {"path": str(path.resolve()), "sha256": digest.hexdigest()}
+    return {"path": str(Path(path).resolve()), "sha256": weights_digest(path)}
 
 
 @torch.no_grad()
@@ -239,9 +227,7 @@ def cache_teacher(cfg: Config) -> Path:
     }
     (out / "teacher.json").write_text(json.dumps(record))
     manifest["teacher"] = {**record["teacher"], "dir": TEACHER_DIR, "max_history": max_history}
-    tmp = cfg.shards_dir / f".{MANIFEST}.{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.rename(cfg.shards_dir / MANIFEST)
+    io.write_json(cfg.shards_dir / MANIFEST, manifest, indent=2)
     log.info("teacher outputs for %d items, %d impressions: %s", len(items), len(users), out)
     return out
 

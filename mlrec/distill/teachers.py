@@ -10,10 +10,8 @@ the same teacher and texts reads them back instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -21,6 +19,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from mlrec import io
 from mlrec.config import ConfigError
 
 log = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ class HFTeacher:
             self.encoder = ItemEncoder(load_backbone(name_or_path), "mean", 0)
         self.encoder.eval().requires_grad_(False)
         self.dim = self.encoder.dim
-        self.name = f"hf:{name_or_path}:{_weights_digest(path)}"
+        self.name = f"hf:{name_or_path}:{weights_digest(path)}"
         self.max_tokens = max_tokens
         self.batch_size = batch_size
 
@@ -113,14 +112,12 @@ class HFTeacher:
         return self.tokenizer, table[: len(self.tokenizer)].copy()
 
 
-def _weights_digest(path: Path) -> str:
-    """A folder teacher's identity is its weights: retraining it must not reuse old vectors."""
+def weights_digest(path: str | Path) -> str:
+    """A folder teacher's identity is its weights (every *.safetensors file, by content; an
+    mlrec export's encoder and heads): retraining it must not reuse old vectors or caches."""
+    path = Path(path)
     files = sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    digest = hashlib.sha256()
-    for f in files:
-        stat = f.stat()
-        digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:12] if files else "hub"
+    return io.files_digest(files) if files else "hub"
 
 
 def load_teacher(name: str, max_tokens: int = 128) -> Teacher:
@@ -134,18 +131,11 @@ def load_teacher(name: str, max_tokens: int = 128) -> Teacher:
     return HFTeacher(name, max_tokens)
 
 
-def texts_digest(texts: list[str]) -> str:
-    digest = hashlib.sha256()
-    for text in texts:
-        digest.update(text.encode("utf-8") + b"\0")
-    return digest.hexdigest()
-
-
 def cached_embeddings(teacher: Teacher, texts: list[str], cache_dir: str | Path) -> np.ndarray:
     """The teacher's vectors of `texts`, read from `cache_dir` or computed once and written there
     (npy + a json naming the teacher; both written under temporary names, then renamed)."""
     cache = Path(cache_dir)
-    key = hashlib.sha256(f"{teacher.name}\n{texts_digest(texts)}".encode()).hexdigest()[:24]
+    key = io.fingerprint([teacher.name, io.texts_digest(texts)])[:24]
     vectors_file, record_file = cache / f"{key}.npy", cache / f"{key}.json"
     if vectors_file.is_file() and record_file.is_file():
         record = json.loads(record_file.read_text())
@@ -155,16 +145,12 @@ def cached_embeddings(teacher: Teacher, texts: list[str], cache_dir: str | Path)
     log.info("embedding %d texts with the teacher %s", len(texts), teacher.name)
     vectors = teacher.encode(texts).astype(np.float32)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f".{key}.{os.getpid()}.npy"
-    np.save(tmp, vectors)
-    tmp.rename(vectors_file)
+    io.save_npy(vectors_file, vectors)
     record = {
         "teacher": teacher.name,
         "dim": int(vectors.shape[1]),
         "count": len(texts),
-        "texts_sha256": texts_digest(texts),
+        "texts_sha256": io.texts_digest(texts),
     }
-    tmp_record = cache / f".{key}.{os.getpid()}.json"
-    tmp_record.write_text(json.dumps(record, indent=2))
-    tmp_record.rename(record_file)
+    io.write_json(record_file, record, indent=2)
     return vectors

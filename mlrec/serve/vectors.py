@@ -14,14 +14,13 @@ numbers alone say nothing about which model made them, and a silent mismatch ran
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from mlrec import io
 from mlrec.config import Config, ConfigError, read_yaml
 from mlrec.export.backends import Backend, load_backend, onnx_path
 from mlrec.export.hf import CATALOG_DIR, CONFIG_FILE, HEADS_FILE
@@ -67,17 +66,8 @@ def sources(export_dir: str | Path, backend: str) -> dict[str, str]:
         # pooling and projection_dim shape the vectors but live in the saved config, next to
         # settings (serve.*) that do not: only the model section counts
         saved = read_yaml((root / CONFIG_FILE).read_text(encoding="utf-8"))
-        model = json.dumps(saved.get("model", {}), sort_keys=True).encode()
-        out[f"{CONFIG_FILE}:model"] = hashlib.sha256(model).hexdigest()
+        out[f"{CONFIG_FILE}:model"] = io.fingerprint(saved.get("model", {}))
     return out
-
-
-def _replace(path: Path, write) -> None:
-    """Write through a temporary file, so a reader never sees half a file."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as handle:
-        write(handle)
-    os.replace(partial, path)
 
 
 def save_vectors(export_dir: str | Path, backend: str, vectors: np.ndarray) -> Path:
@@ -94,9 +84,8 @@ def save_vectors(export_dir: str | Path, backend: str, vectors: np.ndarray) -> P
     }
     # Old metadata goes first: it must never vouch for the new vectors, even after a crash.
     _metadata_path(path).unlink(missing_ok=True)
-    _replace(path, lambda handle: np.save(handle, vectors, allow_pickle=False))
-    text = json.dumps(metadata, indent=2) + "\n"
-    _replace(_metadata_path(path), lambda handle: handle.write(text.encode()))
+    io.save_npy(path, vectors)
+    io.write_text(_metadata_path(path), json.dumps(metadata, indent=2) + "\n")
     return path
 
 

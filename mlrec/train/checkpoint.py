@@ -14,6 +14,7 @@ from typing import Any
 
 from accelerate import Accelerator
 
+from mlrec import io
 from mlrec.runs import PREFIX, STATE_FILE, checkpoint_dirs
 
 
@@ -35,7 +36,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
         shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        io.publish(tmp, final)
         for old in checkpoint_dirs(root)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

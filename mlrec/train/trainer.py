@@ -62,6 +62,15 @@ def build_accelerator(cfg: Config) -> Accelerator:
     )
 
 
+def close_accelerator(accelerator: Accelerator) -> None:
+    """Wait for every process, end the trackers, and leave the process group."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Without this, a rank sometimes aborts at interpreter exit (see ENVIRONMENT notes).
+        torch.distributed.destroy_process_group()
+
+
 def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
@@ -241,11 +250,9 @@ class Trainer:
         self.save_adapter(self.run_dir / ADAPTER_DIR)
         return self.evaluate()
 
-    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Softmax cross-entropy of each positive against its negatives (and, with
-        `train.in_batch_negatives`, against every other candidate of the batch)."""
-        in_batch = self.cfg.train.in_batch_negatives
-        scores = self.model(
+    def model_outputs(self, batch: dict[str, Any], in_batch: bool):
+        """The (prepared) model on a batch: what the loss is computed from."""
+        return self.model(
             batch["item_ids"],
             batch["item_mask"],
             batch["history"],
@@ -253,6 +260,12 @@ class Trainer:
             batch["candidates"],
             in_batch=in_batch,
         )
+
+    def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Softmax cross-entropy of each positive against its negatives (and, with
+        `train.in_batch_negatives`, against every other candidate of the batch)."""
+        in_batch = self.cfg.train.in_batch_negatives
+        scores = self.model_outputs(batch, in_batch)
         labels = target_columns(batch["labels"], batch["candidates"], in_batch)
         return torch.nn.functional.cross_entropy(scores.float(), labels)
 
@@ -396,11 +409,7 @@ class Trainer:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # Without this, a rank sometimes aborts at interpreter exit (see ENVIRONMENT notes).
-            torch.distributed.destroy_process_group()
+        close_accelerator(self.accelerator)
 
     @property
     def recommender(self) -> Recommender:
