@@ -133,7 +133,7 @@ def export_onnx_checked(cfg: Config, out: Path) -> None:
         from mlrec.export.onnx_models import export_onnx
     except ImportError as err:
         raise ConfigError(
-            f"export.onnx needs ONNX Runtime ({err}): pip install 'mlrec[onnx]', or set "
+            f"export.onnx needs ONNX Runtime ({err}), part of mlrec's base install: pip install -e ., or set "
             "export.onnx=false"
         ) from err
     from mlrec.export.parity import check_parity
