@@ -133,8 +133,8 @@ def export_onnx_checked(cfg: Config, out: Path) -> None:
         from mlrec.export.onnx_models import export_onnx
     except ImportError as err:
         raise ConfigError(
-            f"export.onnx needs ONNX Runtime ({err}), part of mlrec's base install: pip install -e ., or set "
-            "export.onnx=false"
+            f"export.onnx needs ONNX Runtime ({err}), part of mlrec's base install: reinstall "
+            "mlrec (pip install -e .), or set export.onnx=false"
         ) from err
     from mlrec.export.parity import check_parity
 
