@@ -21,6 +21,7 @@ from pathlib import Path
 from mlrec.data.rows import (
     BAD_ID,
     BAD_LABEL,
+    BAD_NEWS_ID,
     COLUMNS,
     EMPTY_ID,
     EMPTY_TITLE,
@@ -103,6 +104,12 @@ def parse_news(raw: bytes, path: Path, number: int, lang: str) -> NewsItem:
         )
     if not nid:
         raise DataError(f"{path}:{number}: empty news id", EMPTY_ID)
+    if "@" in nid:
+        raise DataError(
+            f"{path}:{number}: news id {nid!r} contains '@', which item references use to name "
+            "a language (N123@de)",
+            BAD_NEWS_ID,
+        )
     if not title:
         raise DataError(f"{path}:{number}: empty title for {nid}", EMPTY_TITLE)
     return NewsItem(nid, lang, category, subcategory, title, abstract)

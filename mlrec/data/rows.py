@@ -23,6 +23,9 @@ NO_IMPRESSIONS = "no impressions"
 ENCODING = "undecodable text"
 EMPTY_TITLE = "empty title"
 EMPTY_ID = "empty news id"
+BAD_NEWS_ID = "bad news id"
+NO_CLICK = "no clicked candidate"
+DUPLICATE_IMPRESSION = "duplicate impression id"
 
 POLICIES = ("strict", "skip")
 _WARN_FIRST = 5  # rejected rows logged one by one per file before only counting

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mlrec.data.mind import parse_behavior
-from mlrec.data.rows import UNKNOWN_ITEM, DataError
+from mlrec.data.rows import NO_CLICK, UNKNOWN_ITEM, DataError
 from mlrec.languages import ItemKey
 
 _LABELLED = frozenset(("-0", "-1"))
@@ -50,6 +50,13 @@ def reference_sample(
     """(language, impression id, JSON) of one behaviors row; raises DataError for a bad row."""
     imp = parse_behavior(raw, path, number, default_language)
     where = f"{path}:{number}"
+    if 1 not in imp.labels:
+        # nothing to learn from in training, and no AUC in evaluation: never a silent drop
+        raise DataError(
+            f"{where}: impression {imp.impression_id} has no clicked candidate (every one ends "
+            "in -0)",
+            NO_CLICK,
+        )
     sample = {
         "impression": imp.impression_id,
         "user": imp.user,
@@ -63,7 +70,7 @@ def reference_sample(
 
 class _KeyRows:
     """(news id, language) -> row, answered from the map of refs as written, so that only that
-    map stays in memory; parse_ref's news ids hold no "@", so "nid@lang" names the key."""
+    map stays in memory; news ids hold no "@", so "nid@lang" names the key."""
 
     def __init__(self, rows: dict[str, str]) -> None:
         self.rows = rows
@@ -84,8 +91,6 @@ class SampleEncoder:
         self.default_language = default_language
         self.rows: dict[str, str] = {}
         for (nid, lang), row in keys:
-            if "@" in nid:
-                continue  # mind.parse_ref splits a ref at its first "@": no ref names this item
             refs = [f"{nid}@{lang}", nid] if lang == default_language else [f"{nid}@{lang}"]
             for ref in refs:
                 self.rows[ref] = str(row)
@@ -98,7 +103,8 @@ class SampleEncoder:
             impression = int(imp_id)
             shown = impressions.split()
             # "-0"/"-1" endings are exactly what parse_behavior's rpartition("-") accepts
-            if not shown or not {token[-2:] for token in shown} <= _LABELLED:
+            labels = {token[-2:] for token in shown}
+            if not shown or not labels <= _LABELLED or "-1" not in labels:
                 raise ValueError
             refs = [token[:-2] for token in shown]
             row = self.rows.__getitem__
@@ -106,8 +112,8 @@ class SampleEncoder:
             seen = ",".join(map(row, history.split()))
         except (ValueError, KeyError):  # UnicodeDecodeError is a ValueError
             return reference_sample(raw, path, number, self.by_key, self.default_language)
-        # Each ref was found, so its language is its text after the first "@" (parse_ref's
-        # rule); string work is cheaper than a second lookup in a dict of every item.
+        # Each ref was found, so its language is its text after the "@" (news ids hold none,
+        # mind.parse_news rejects them); string work is cheaper than a second lookup.
         default = self.default_language
         shown_in = [ref.partition("@")[2] if "@" in ref else default for ref in refs]
         lang = shown_in[0]

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import json
 import logging
+from array import array
+from bisect import bisect_right
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from mlrec import io
@@ -35,7 +38,7 @@ from mlrec.config import Config
 from mlrec.data.corpus import behaviors_file, prepare_corpus
 from mlrec.data.items import build_items
 from mlrec.data.layout import ITEMS_RECORD, MANIFEST, item_keys
-from mlrec.data.rows import DataError, RowLog
+from mlrec.data.rows import DUPLICATE_IMPRESSION, DataError, RowLog
 from mlrec.data.samples import SampleEncoder
 from mlrec.data.tars import TarWriter
 from mlrec.io import file_record
@@ -72,6 +75,9 @@ class UnitJob:
     on_error: str
     fingerprint: str
     items: str  # the item table's fingerprint
+    # line -> (impression id, first line) of rows that repeat an impression id (data.on_error
+    # skip; under strict the plan stops at the first)
+    repeated: dict[int, tuple[int, int]] = field(default_factory=dict)
 
 
 def plan_units(path: Path, split: str, rows_per_unit: int) -> tuple[list[Unit], int]:
@@ -85,6 +91,29 @@ def plan_units(path: Path, split: str, rows_per_unit: int) -> tuple[list[Unit], 
                 rows += 1
             offset += len(raw)
     return units, rows
+
+
+def repeated_impressions(path: Path) -> dict[int, tuple[int, int]]:
+    """Line -> (impression id, line of its first use) for every row whose impression id an
+    earlier row of the file already has. Impression ids name an impression in evaluation and
+    in the shards' member names: two rows with one id would be merged or break the tar. Memory:
+    two int64 per row (the ids and lines as arrays, not a dict), found by one stable sort."""
+    ids, lines = array("q"), array("q")
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            head = raw.split(b"\t", 1)[0].strip()
+            if head.isdigit():  # other rows are rejected by the row parser, with their reason
+                ids.append(int(head))
+                lines.append(number)
+    by_id = np.frombuffer(ids, dtype=np.int64)
+    order = np.argsort(by_id, kind="stable")  # within one id, rows keep their file order
+    sorted_ids, line_of = by_id[order], np.frombuffer(lines, dtype=np.int64)[order]
+    starts = np.flatnonzero(np.r_[True, sorted_ids[1:] != sorted_ids[:-1]])
+    run_start = starts[np.searchsorted(starts, np.arange(len(order)), side="right") - 1]
+    return {
+        int(line_of[i]): (int(sorted_ids[i]), int(line_of[run_start[i]]))
+        for i in np.flatnonzero(run_start != np.arange(len(order)))
+    }
 
 
 def _unit_fingerprint(cfg: Config, items_key: str, source: dict[str, Any]) -> str:
@@ -109,6 +138,14 @@ def _encoder(job: UnitJob) -> SampleEncoder:
         _ENCODERS.clear()
         _ENCODERS[key] = SampleEncoder(item_keys(job.out), job.default_language)
     return _ENCODERS[key]
+
+
+def _repeated_error(path: Path, number: int, impression: int, first: int) -> DataError:
+    return DataError(
+        f"{path}:{number}: impression id {impression} is already used at line {first}; "
+        "impression ids must be unique within a behaviors file (were two files concatenated?)",
+        DUPLICATE_IMPRESSION,
+    )
 
 
 def write_unit(job: UnitJob) -> dict[str, Any]:
@@ -136,6 +173,8 @@ def write_unit(job: UnitJob) -> dict[str, Any]:
                 break
             taken += 1
             try:
+                if number in job.repeated:
+                    raise _repeated_error(source, number, *job.repeated[number])
                 lang, impression, payload = encode(raw, source, number)
             except DataError as err:
                 rows.reject(source, err)
@@ -189,6 +228,10 @@ def unit_jobs(cfg: Config) -> dict[str, Any]:
         path = behaviors_file(cfg, split)
         source = file_record(path)
         units, rows = plan_units(path, split, cfg.data.shard_max_samples)
+        repeated = repeated_impressions(path)
+        if repeated and cfg.data.on_error == "strict":
+            number = min(repeated)
+            raise _repeated_error(path, number, *repeated[number])
         key = _unit_fingerprint(cfg, items_key, source)
         jobs = [
             UnitJob(
@@ -200,11 +243,21 @@ def unit_jobs(cfg: Config) -> dict[str, Any]:
                 cfg.data.on_error,
                 key,
                 items_key,
+                unit_repeats,
             )
-            for u in units
+            for u, unit_repeats in zip(units, _by_unit(repeated, units), strict=True)
         ]
         plan[split] = {"source": source, "rows": rows, "jobs": jobs}
     return plan
+
+
+def _by_unit(repeated: dict[int, tuple[int, int]], units: list[Unit]) -> list[dict]:
+    """The repeated rows of each unit (units are consecutive line ranges)."""
+    firsts = [u.first_line for u in units]
+    out: list[dict[int, tuple[int, int]]] = [{} for _ in units]
+    for number, what in repeated.items():
+        out[bisect_right(firsts, number) - 1][number] = what
+    return out
 
 
 def write_units(jobs: list[UnitJob], workers: int, progress: bool) -> None:
@@ -275,7 +328,7 @@ def merge_shards(cfg: Config) -> dict[str, Any]:
         "rows": rows.summary(),
         "config": cfg.to_dict()["data"],
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    io.write_json(out / MANIFEST, manifest, indent=2, ensure_ascii=False)
     skipped = rows.skipped_total()
     log.info(
         "wrote %d items and %s impressions to %s%s",

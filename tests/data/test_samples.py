@@ -14,6 +14,7 @@ from mlrec.data.rows import (
     BAD_LABEL,
     COLUMNS,
     ENCODING,
+    NO_CLICK,
     NO_IMPRESSIONS,
     UNKNOWN_ITEM,
     DataError,
@@ -28,7 +29,6 @@ KEYS = [
     (("N1", "de"), 2),
     (("N3", "ru"), 3),
     (("N-4", "de"), 4),
-    (("a@b", "en"), 5),  # no ref can name it: refs split at their first "@"
     (("N5", "en"), 6),
     (("N5", "en"), 7),  # a repeated key: the last row wins
 ]
@@ -54,7 +54,8 @@ BAD = {
     "1\tU\tt\tN9\tN1-1 N2-7": BAD_LABEL,  # the label is checked before the refs
     "1\tU\tt\tN9\tN8-1": UNKNOWN_ITEM,  # history first: "history refers to N9@en"
     "1\tU\tt\tN1\t-1": UNKNOWN_ITEM,
-    "1\tU\tt\tN1\ta@b-1": UNKNOWN_ITEM,
+    "1\tU\tt\tN1\ta@b-1": UNKNOWN_ITEM,  # news a in language b
+    "1\tU\tt\tN1\tN1-0 N2-0": NO_CLICK,
     "1\tU\tt\tN1\tN1@-1": UNKNOWN_ITEM,
     "1\tU\tt\tN1\tN1@ru-1": UNKNOWN_ITEM,
 }
