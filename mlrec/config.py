@@ -64,7 +64,12 @@ class DataConfig:
     # layout, as the synthetic corpus writes) or else MIND's train/ and dev/news.tsv
     news: dict[str, list[str]] = field(default_factory=dict)
     train_behaviors: str = "train/behaviors.tsv"
+    # one dev set (plain ids in default_language); if it does not exist, xMIND's per-language
+    # dev/<lang>/behaviors.tsv are found, each read in its own language
     dev_behaviors: str = "dev/behaviors.tsv"
+    # several named dev sets: name -> behaviors file; a set named by a language reads plain ids
+    # in it, any other name in default_language; evaluated and reported each on its own
+    dev_sets: dict[str, str] = field(default_factory=dict)
     default_language: str = "en"  # language of item refs written without "@lang" (plain MIND)
     shards_dir: str = ""  # "" means <run_dir>/shards
     shard_max_samples: int = 5000
@@ -370,18 +375,40 @@ def _is_local_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~"))
 
 
+# Raises a ConfigError naming a key, its message and the file (or command line) that set it.
+_Fail = typing.Callable[[str, str], typing.NoReturn]
+
+
 def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> None:
-    def fail(key: str, message: str) -> None:
+    def fail(key: str, message: str) -> typing.NoReturn:
         where = origin.get(key, "defaults")
         raise ConfigError(f"{where}: {key} {message}")
 
     flat = _flatten(cfg.to_dict())
+    # the checks run in this order and the first failure is the one reported
+    _validate_tables(flat, fail)
+    _validate_data(cfg, fail)
+    _validate_model(cfg, fail)
+    _validate_train(cfg, fail)
+    _validate_align(cfg, fail)
+    _validate_distill(cfg, fail)
+    if not check_files:
+        return
+    _validate_data_files(cfg, fail)
+    _validate_paths(cfg, flat, fail)
+
+
+def _validate_tables(flat: dict[str, Any], fail: _Fail) -> None:
+    """The keys of CHOICES and BOUNDS, in every section."""
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             fail(key, f"must be one of {', '.join(allowed)}; got {flat[key]!r}")
     for key, (ok, what) in BOUNDS.items():
         if not ok(flat[key]):
             fail(key, f"{what}; got {flat[key]!r}")
+
+
+def _validate_data(cfg: Config, fail: _Fail) -> None:
     for lang in cfg.data.synthetic.languages:
         if lang not in SUPPORTED_LANGUAGES:
             fail(
@@ -394,10 +421,22 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
         fail("data.debian.languages", "must list at least one language")
     if not cfg.data.text_fields or any(f not in TEXT_FIELDS for f in cfg.data.text_fields):
         fail("data.text_fields", f"must be a non-empty list of {', '.join(TEXT_FIELDS)}")
+    for name in cfg.data.dev_sets:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):  # it becomes part of shard file names
+            fail("data.dev_sets", f"name {name!r} must be letters, digits or _ only")
+
+
+def _validate_model(cfg: Config, fail: _Fail) -> None:
     if cfg.model.hidden_size % cfg.model.num_heads:
         fail("model.num_heads", f"must divide model.hidden_size ({cfg.model.hidden_size})")
+
+
+def _validate_train(cfg: Config, fail: _Fail) -> None:
     if cfg.train.warmup_steps > cfg.train.steps:
         fail("train.warmup_steps", f"must not exceed train.steps ({cfg.train.steps})")
+
+
+def _validate_align(cfg: Config, fail: _Fail) -> None:
     if cfg.align.student_init == "teacher" and (cfg.model.name_or_path or cfg.model.tokenizer):
         fail(
             "align.student_init",
@@ -406,23 +445,38 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
         )
     if cfg.align.warmup_steps > cfg.align.steps:
         fail("align.warmup_steps", f"must not exceed align.steps ({cfg.align.steps})")
+
+
+def _validate_distill(cfg: Config, fail: _Fail) -> None:
     if cfg.distill.w_hard + cfg.distill.w_kl + cfg.distill.w_mse == 0:
         fail("distill.w_hard", "and distill.w_kl and distill.w_mse are all 0: nothing to learn")
-    if not check_files:
+
+
+def _validate_data_files(cfg: Config, fail: _Fail) -> None:
+    """A MIND/xMIND folder (data.source mind) and every file named in it."""
+    if cfg.data.source != "mind":
         return
-    if cfg.data.source == "mind":
-        if not cfg.data.dir:
-            fail("data.dir", "must name the MIND/xMIND folder when data.source is mind")
-        if not Path(cfg.data.dir).is_dir():
-            fail("data.dir", f"is not a folder: {cfg.data.dir}")
-        for key in ("train_behaviors", "dev_behaviors"):
-            path = Path(cfg.data.dir) / getattr(cfg.data, key)
-            if not path.is_file():
-                fail(f"data.{key}", f"file not found: {path}")
-        for lang, files in cfg.data.news.items():
-            for rel in files:
-                if not (Path(cfg.data.dir) / rel).is_file():
-                    fail("data.news", f"file for {lang!r} not found: {Path(cfg.data.dir) / rel}")
+    if not cfg.data.dir:
+        fail("data.dir", "must name the MIND/xMIND folder when data.source is mind")
+    if not Path(cfg.data.dir).is_dir():
+        fail("data.dir", f"is not a folder: {cfg.data.dir}")
+    root = Path(cfg.data.dir)
+    if not (root / cfg.data.train_behaviors).is_file():
+        fail("data.train_behaviors", f"file not found: {root / cfg.data.train_behaviors}")
+    for name, rel in cfg.data.dev_sets.items():
+        if not (root / rel).is_file():
+            fail(f"data.dev_sets.{name}", f"file not found: {root / rel}")
+    dev = root / cfg.data.dev_behaviors
+    if not cfg.data.dev_sets and not dev.is_file() and not any(root.glob("dev/*/behaviors.tsv")):
+        fail("data.dev_behaviors", f"file not found: {dev} (nor xMIND's dev/<lang>/behaviors.tsv)")
+    for lang, files in cfg.data.news.items():
+        for rel in files:
+            if not (Path(cfg.data.dir) / rel).is_file():
+                fail("data.news", f"file for {lang!r} not found: {Path(cfg.data.dir) / rel}")
+
+
+def _validate_paths(cfg: Config, flat: dict[str, Any], fail: _Fail) -> None:
+    """Local model, tokenizer and teacher paths, and the checkpoint to resume from."""
     for key in ("model.name_or_path", "model.tokenizer", "distill.teacher"):
         value = flat[key]
         if value and _is_local_path(value) and not Path(value).expanduser().exists():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlrec.config import Config, ConfigError
@@ -36,15 +37,61 @@ def news_files(cfg: Config) -> dict[str, list[Path]]:
     per_language = sorted((root / "news").glob("*.tsv"))
     if per_language:
         return {p.stem: [p] for p in per_language}
+    folders = sorted((root / "news").glob("*/news.tsv"))  # xMIND's own: news/<lang>/news.tsv
+    if folders:
+        return {p.parent.name: [p] for p in folders}
     mind = [p for p in (root / "train/news.tsv", root / "dev/news.tsv") if p.is_file()]
     if mind:
         return {cfg.data.default_language: mind}
     raise ConfigError(
-        f"data.news: no news files found in {root} (looked for news/<lang>.tsv and "
-        "train/news.tsv); list them as data.news: {lang: [path, ...]}"
+        f"data.news: no news files found in {root} (looked for news/<lang>.tsv, "
+        "news/<lang>/news.tsv and train/news.tsv); list them as data.news: {lang: [path, ...]}"
     )
 
 
 def behaviors_file(cfg: Config, split: str) -> Path:
     rel = {"train": cfg.data.train_behaviors, "dev": cfg.data.dev_behaviors}[split]
     return cfg.corpus_dir / rel
+
+
+@dataclass(frozen=True)
+class Behaviors:
+    """One behaviors file to shard: its split name, path, and the language its plain ids mean."""
+
+    # "train", "dev" (the one dev set) or "dev_<name>" (one of several; no dot, since
+    # webdataset splits a member's key from its extension at the first dot)
+    split: str
+    path: Path
+    language: str  # the language of item refs written without "@lang"
+
+
+def behaviors_files(cfg: Config) -> list[Behaviors]:
+    """The training file, then the dev sets in name order.
+
+    Dev sets are `data.dev_sets` (name -> file; a set named by one of the corpus' languages
+    reads plain ids in that language, any other name in `data.default_language`), or else
+    `data.dev_behaviors` if that file exists (plain ids in the default language, as MIND), or
+    else xMIND's layout `dev/<lang>/behaviors.tsv`, one set per language of the news files,
+    each read in its own language. A plain id is never read in a language the user did not name
+    (by the set's name, its folder, or `data.default_language`).
+    """
+    root, data = cfg.corpus_dir, cfg.data
+    files = [Behaviors("train", root / data.train_behaviors, data.default_language)]
+    languages = set(news_files(cfg))
+    if data.dev_sets:
+        for name, rel in sorted(data.dev_sets.items()):
+            lang = name if name in languages else data.default_language
+            files.append(Behaviors(f"dev_{name}", root / rel, lang))
+        return files
+    if (root / data.dev_behaviors).is_file():
+        return [*files, Behaviors("dev", root / data.dev_behaviors, data.default_language)]
+    per_language = sorted(
+        p for p in root.glob("dev/*/behaviors.tsv") if p.parent.name in languages
+    )
+    if not per_language:
+        raise ConfigError(
+            f"data.dev_behaviors: {root / data.dev_behaviors} not found, nor any "
+            f"dev/<lang>/behaviors.tsv for the news languages ({', '.join(sorted(languages))}); "
+            "name the dev files with data.dev_sets: {name: path}"
+        )
+    return files + [Behaviors(f"dev_{p.parent.name}", p, p.parent.name) for p in per_language]

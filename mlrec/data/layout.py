@@ -6,6 +6,8 @@
   items/items.json      counts, source files, row accounting, and the fingerprint of the inputs
   train-000003-de.tar   the German impressions among rows 3N..4N-1 of train behaviors.tsv
   train-000003.json     that unit's record: row accounting, its tars with counts and checksums
+  dev-000000-de.tar     the dev set's impressions (one dev set), or with several named sets
+  dev_fr-000000-fr.tar  ... those of the set named "fr" (data.dev_sets, or xMIND's dev/fr/)
   manifest.json         counts per split and language, tokenizer, sources, checksums, row counts
 
 Writers (items.py, shards.py) and readers (loader, evaluation, export, serve) all take names
@@ -36,6 +38,17 @@ def load_manifest(shards_dir: str | Path) -> dict[str, Any]:
             f"{path} not found: write the shards first with `mlrec shard --config ...`"
         )
     return json.loads(path.read_text())
+
+
+def dev_splits(shards_dir: str | Path) -> list[str]:
+    """The dev sets' split names: ["dev"] for the one dev set, or "dev_<name>" per named set."""
+    splits = load_manifest(shards_dir)["splits"]
+    return sorted(s for s in splits if s == "dev" or s.startswith("dev_"))
+
+
+def dev_set_name(split: str) -> str:
+    """"dev" -> "dev"; "dev_de" -> "de": the name a user gave the dev set."""
+    return split.removeprefix("dev_")
 
 
 def shard_paths(shards_dir: str | Path, split: str) -> list[str]:

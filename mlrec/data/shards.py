@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from mlrec import io
 from mlrec.config import Config
-from mlrec.data.corpus import behaviors_file, prepare_corpus
+from mlrec.data.corpus import Behaviors, behaviors_files, prepare_corpus
 from mlrec.data.items import build_items
 from mlrec.data.layout import ITEMS_RECORD, MANIFEST, item_keys
 from mlrec.data.rows import DUPLICATE_IMPRESSION, DataError, RowLog
@@ -46,7 +46,6 @@ from mlrec.io import file_record
 log = logging.getLogger(__name__)
 
 
-SPLITS = ("train", "dev")
 
 
 @dataclass(frozen=True)
@@ -116,12 +115,14 @@ def repeated_impressions(path: Path) -> dict[int, tuple[int, int]]:
     }
 
 
-def _unit_fingerprint(cfg: Config, items_key: str, source: dict[str, Any]) -> str:
+def _unit_fingerprint(
+    cfg: Config, items_key: str, source: dict[str, Any], behaviors: Behaviors
+) -> str:
     inputs = [
         items_key,
         source["sha256"],
         cfg.data.shard_max_samples,
-        cfg.data.default_language,
+        behaviors.language,
         cfg.data.on_error,
     ]
     return io.fingerprint(inputs)
@@ -224,22 +225,22 @@ def unit_jobs(cfg: Config) -> dict[str, Any]:
     """Per split: the source record, its row count and the jobs of its units."""
     items_key = _items_record(cfg)["fingerprint"]
     plan: dict[str, Any] = {}
-    for split in SPLITS:
-        path = behaviors_file(cfg, split)
+    for behaviors in behaviors_files(cfg):
+        split, path = behaviors.split, behaviors.path
         source = file_record(path)
         units, rows = plan_units(path, split, cfg.data.shard_max_samples)
         repeated = repeated_impressions(path)
         if repeated and cfg.data.on_error == "strict":
             number = min(repeated)
             raise _repeated_error(path, number, *repeated[number])
-        key = _unit_fingerprint(cfg, items_key, source)
+        key = _unit_fingerprint(cfg, items_key, source, behaviors)
         jobs = [
             UnitJob(
                 u,
                 path,
                 cfg.shards_dir,
                 cfg.data.shard_max_samples,
-                cfg.data.default_language,
+                behaviors.language,
                 cfg.data.on_error,
                 key,
                 items_key,
@@ -247,7 +248,7 @@ def unit_jobs(cfg: Config) -> dict[str, Any]:
             )
             for u, unit_repeats in zip(units, _by_unit(repeated, units), strict=True)
         ]
-        plan[split] = {"source": source, "rows": rows, "jobs": jobs}
+        plan[split] = {"source": source, "rows": rows, "jobs": jobs, "language": behaviors.language}
     return plan
 
 
@@ -278,7 +279,7 @@ def write_units(jobs: list[UnitJob], workers: int, progress: bool) -> None:
 def shard_slice(cfg: Config, index: int, count: int, progress: bool = True) -> int:
     """Write the units j with j % count == index (over both splits); returns how many."""
     plan = unit_jobs(cfg)
-    jobs = [job for split in SPLITS for job in plan[split]["jobs"]][index::count]
+    jobs = [job for split in plan for job in plan[split]["jobs"]][index::count]
     write_units(jobs, 1, progress)
     return len(jobs)
 
@@ -292,7 +293,7 @@ def merge_shards(cfg: Config) -> dict[str, Any]:
     rows.merge(items["rows"]["files"])
     splits: dict[str, Any] = {}
     wanted: set[str] = set()
-    for split in SPLITS:
+    for split in plan:
         records = []
         for job in plan[split]["jobs"]:
             path = out / f"{job.unit.name}.json"
@@ -315,8 +316,14 @@ def merge_shards(cfg: Config) -> dict[str, Any]:
             "per_language": dict(sorted(per_language.items())),
             "shards": shards,
             "source": plan[split]["source"],
+            "plain_ids_language": plan[split]["language"],
         }
-    for leftover in [*out.glob("*.tar"), *out.glob("train-*.json"), *out.glob("dev-*.json")]:
+        if not splits[split]["impressions"]:
+            raise DataError(
+                f"{plan[split]['source']['path']}: no usable impression ({split} split): "
+                "nothing to train on or evaluate"
+            )
+    for leftover in [*out.glob("*.tar"), *out.glob("train-*.json"), *out.glob("dev*-*.json")]:
         if leftover.name not in wanted:  # from an earlier, larger corpus
             leftover.unlink()
     manifest = {
@@ -333,7 +340,7 @@ def merge_shards(cfg: Config) -> dict[str, Any]:
     log.info(
         "wrote %d items and %s impressions to %s%s",
         items["count"],
-        {s: splits[s]["impressions"] for s in SPLITS},
+        {s: splits[s]["impressions"] for s in splits},
         out,
         f"; skipped {skipped} malformed rows (counts per file and reason in the manifest)"
         if skipped
@@ -351,5 +358,5 @@ def build_shards(cfg: Config, progress: bool = True, workers: int = 1) -> dict[s
     cfg.shards_dir.mkdir(parents=True, exist_ok=True)
     build_items(cfg, cfg.shards_dir, progress)
     plan = unit_jobs(cfg)
-    write_units([job for split in SPLITS for job in plan[split]["jobs"]], workers, progress)
+    write_units([job for split in plan for job in plan[split]["jobs"]], workers, progress)
     return merge_shards(cfg)

@@ -58,14 +58,16 @@ def _score(backend, table, impressions, pad_id, batch_size, max_history) -> dict
 
 def check_parity(export_dir: str | Path, shards_dir: str | Path, impressions: int) -> dict:
     """Compare the ONNX models of `export_dir` with torch; write the report; raise on failure."""
-    from mlrec.data.layout import ITEM_TOKENS, load_manifest, shard_paths
+    from mlrec.data.layout import ITEM_TOKENS, dev_splits, load_manifest, shard_paths
     from mlrec.data.loader import read_impressions
     from mlrec.export.backends import OnnxBackend, TorchBackend
 
     export_dir = Path(export_dir)
     reference = TorchBackend(export_dir)
     cfg = reference.cfg
-    held_out = list(islice(read_impressions(shard_paths(shards_dir, "dev")), impressions))
+    # the first dev set: parity compares backends, one held-out set is enough
+    first = dev_splits(shards_dir)[0]
+    held_out = list(islice(read_impressions(shard_paths(shards_dir, first)), impressions))
     if not held_out:
         raise FileNotFoundError(f"no dev impressions in {shards_dir} for the parity check")
     table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
