@@ -1,7 +1,7 @@
 """Data-stage benchmark: shards + streaming loader vs tokenising the TSVs on the fly, the loader
 vs what a training step consumes, and sharding throughput and peak memory at 1x and 10x corpus.
 
-    python tools/bench_data.py --out bench_data.json [--quick]
+    python -m tools.bench_data --out FILE.json [--quick]
 
 Full: the 10x corpus has 1M train impressions (and is the one the loaders read); --quick is 10x
 smaller (under 5 minutes on 2 cores). Loader and naive baseline are measured alternately in the
@@ -23,13 +23,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from mlrec.config import Config, load_config
+from mlrec.data.loader import train_loader
+from mlrec.data.mind import read_news
+from mlrec.data.synthetic import generate_corpus
 
-from mlrec.config import Config, load_config  # noqa: E402
-from mlrec.data.loader import train_loader  # noqa: E402
-from mlrec.data.mind import read_news  # noqa: E402
-from mlrec.data.synthetic import generate_corpus  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SHARD_CHILD = """
 import json, resource, sys, time
@@ -143,16 +142,10 @@ def train_step_seconds(shards: Path, batch: dict, repeats: int) -> float:
     return statistics.median(times[1:])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--workdir", type=Path, help="keep corpora and shards here")
-    args = parser.parse_args()
-    base = 10_000 if args.quick else 100_000  # train impressions of the 1x corpus
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_data_"))
-    results: dict = {"quick": args.quick, "workdir": str(work)}
-    corpora = {}
+def generate_corpora(work: Path, base: int) -> tuple[dict[int, Path], dict[str, float]]:
+    """The 1x and 10x synthetic corpora (made unless `work` holds them already), and the
+    seconds each took."""
+    corpora, seconds = {}, {}
     for scale in (1, 10):
         corpus = work / f"corpus_{scale}x"
         start = time.perf_counter()
@@ -164,16 +157,23 @@ def main() -> None:
                 train_impressions=base * scale,
                 dev_impressions=base // 10 * scale,
             )
-        results[f"generate_{scale}x_s"] = time.perf_counter() - start
+        seconds[f"generate_{scale}x_s"] = time.perf_counter() - start
         corpora[scale] = corpus
-    # one tokenizer for both sizes: the benchmark measures sharding, not tokenizer training
-    cfg = load_config(
-        None, [f"run_dir={work / 'tok'}", "data.source=mind", f"data.dir={corpora[1]}"]
-    )
+    return corpora, seconds
+
+
+def train_tokenizer(work: Path, corpus: Path) -> Path:
+    """One tokenizer for both sizes: the benchmark measures sharding, not tokenizer training."""
     from mlrec.data.items import build_items
 
+    cfg = load_config(None, [f"run_dir={work / 'tok'}", "data.source=mind", f"data.dir={corpus}"])
     build_items(cfg, cfg.shards_dir, progress=False)
-    tokenizer = cfg.shards_dir / "tokenizer"
+    return cfg.shards_dir / "tokenizer"
+
+
+def bench_sharding(work: Path, corpora: dict[int, Path], tokenizer: Path) -> dict:
+    """Sharding time and peak memory of each corpus, each in a fresh process."""
+    results = {}
     for scale in (1, 10):
         run = shard_run(corpora[scale], work / f"shards_{scale}x", tokenizer)
         results[f"shard_{scale}x"] = run
@@ -181,25 +181,34 @@ def main() -> None:
     results["shard_peak_rss_ratio_10x"] = (
         results["shard_10x"]["peak_rss_mb"] / results["shard_1x"]["peak_rss_mb"]
     )
-    scale = 1 if args.quick else 10
-    shards, corpus = work / f"shards_{scale}x" / "shards", corpora[scale]
-    results["loader_corpus_train_impressions"] = base * scale
-    cfg = Config()
-    bs = cfg.data.batch_size
-    loader_kw = dict(
-        batch_size=bs, negatives=cfg.data.negatives, max_history=cfg.data.max_history, seed=0
+    return results
+
+
+def loader_settings(cfg: Config) -> dict:
+    """train_loader's arguments besides the shards and the workers: the quickstart's."""
+    return dict(
+        batch_size=cfg.data.batch_size,
+        negatives=cfg.data.negatives,
+        max_history=cfg.data.max_history,
+        seed=0,
     )
+
+
+def bench_loaders(shards: Path, corpus: Path, tokenizer: Path, n: int) -> dict:
+    """Samples/s of the loader (0 and 2 workers) and of NaiveDataset over `n` batches."""
     from transformers import AutoTokenizer
 
+    cfg = Config()
+    bs = cfg.data.batch_size
+    loader_kw = loader_settings(cfg)
     naive = NaiveDataset(corpus, AutoTokenizer.from_pretrained(str(tokenizer)), cfg)
-    n = 30 if args.quick else 100
     loader0, loader2, naive0 = [], [], []
     for _ in range(3):  # alternate so that load on the machine hits both alike
         loader0.append(samples_per_s(train_loader(shards, num_workers=0, **loader_kw), n, bs))
         naive_loader = torch.utils.data.DataLoader(naive, batch_size=bs, shuffle=True)
         naive0.append(samples_per_s(naive_loader, max(n // 5, 5), bs))
         loader2.append(samples_per_s(train_loader(shards, num_workers=2, **loader_kw), n, bs))
-    results.update(
+    results = dict(
         loader_samples_per_s_0_workers=statistics.median(loader0),
         loader_samples_per_s_2_workers=statistics.median(loader2),
         naive_samples_per_s_0_workers=statistics.median(naive0),
@@ -208,11 +217,40 @@ def main() -> None:
     results["loader_speedup_vs_naive"] = (
         results["loader_samples_per_s_0_workers"] / results["naive_samples_per_s_0_workers"]
     )
-    batch = next(iter(train_loader(shards, num_workers=0, **loader_kw)))
+    return results
+
+
+def bench_consumption(shards: Path, loader_samples_per_s: float) -> dict:
+    """A training step's time on one loader batch, and the loader's rate against its need."""
+    cfg = Config()
+    bs = cfg.data.batch_size
+    batch = next(iter(train_loader(shards, num_workers=0, **loader_settings(cfg))))
     step = train_step_seconds(shards, batch, repeats=5)
-    results["train_step_s"] = step
-    results["train_samples_per_s"] = bs / step
-    results["loader_vs_train_consumption"] = results["loader_samples_per_s_2_workers"] / (bs / step)
+    return {
+        "train_step_s": step,
+        "train_samples_per_s": bs / step,
+        "loader_vs_train_consumption": loader_samples_per_s / (bs / step),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--workdir", type=Path, help="keep corpora and shards here")
+    args = parser.parse_args()
+    base = 10_000 if args.quick else 100_000  # train impressions of the 1x corpus
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_data_"))
+    results: dict = {"quick": args.quick, "workdir": str(work)}
+    corpora, seconds = generate_corpora(work, base)
+    results.update(seconds)
+    tokenizer = train_tokenizer(work, corpora[1])
+    results.update(bench_sharding(work, corpora, tokenizer))
+    scale = 1 if args.quick else 10  # the corpus the loaders read
+    shards = work / f"shards_{scale}x" / "shards"
+    results["loader_corpus_train_impressions"] = base * scale
+    results.update(bench_loaders(shards, corpora[scale], tokenizer, n=30 if args.quick else 100))
+    results.update(bench_consumption(shards, results["loader_samples_per_s_2_workers"]))
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
 

@@ -1,6 +1,6 @@
 """Benchmark the exported encoders on CPU: torch fp32 vs ONNX fp32 vs ONNX int8, and the service.
 
-    python tools/bench_export.py --out bench_export.json [--quick]
+    python -m tools.bench_export --out FILE.json [--quick]
 
 Builds two untrained encoders from config (no hub) and, for each, shards the synthetic corpus and
 exports it the way `mlrec export` does (Hugging Face, ONNX fp32 + int8, the parity check):
@@ -144,16 +144,69 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_service(export: Path, port: int, log: Path) -> subprocess.Popen:
+    """`mlrec serve` of the export on `port` (ONNX int8), its output going to `log`."""
+    mlrec = str(Path(sys.executable).parent / "mlrec")
+    cmd = [mlrec, "serve", str(export), f"serve.port={port}", "serve.backend=onnx-int8"]
+    with open(log, "w") as sink:
+        return subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+
+
+def rank_bodies(export: Path, count: int = 64) -> list[dict]:
+    """/rank requests of random catalog items: 10 history items and 20 candidates each."""
+    ids = [line.split("\t")[0] for line in (export / "catalog" / "index.tsv").open()]
+    rng = np.random.default_rng(0)
+    return [
+        {
+            "history": rng.choice(ids, 10, replace=False).tolist(),
+            "candidates": rng.choice(ids, 20, replace=False).tolist(),
+        }
+        for _ in range(count)
+    ]
+
+
+def load_service(
+    base: str, bodies: list[dict], requests: int, seconds: float, clients: int
+) -> tuple[list[float], int, float]:
+    """`clients` threads post `bodies` in turn to /rank until `requests` calls are made or
+    `seconds` pass; returns each call's latency, the failed calls and the seconds taken."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = [0]
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client() -> None:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while time.monotonic() < stop_at:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    return
+                t = time.perf_counter()
+                ok = http.post("/rank", json=bodies[i % len(bodies)]).status_code == 200
+                with lock:
+                    latencies.append(time.perf_counter() - t)
+                    errors[0] += not ok
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=client) for _ in range(clients)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return latencies, errors[0], time.perf_counter() - start
+
+
 def bench_service(export: Path, requests: int, seconds: float, clients: int) -> dict:
     """Bounded load on 127.0.0.1: at most `requests` /rank calls, at most `seconds` long."""
     import httpx
 
     port = free_port()
-    mlrec = str(Path(sys.executable).parent / "mlrec")
     log = export.parent / "serve.log"
-    cmd = [mlrec, "serve", str(export), f"serve.port={port}", "serve.backend=onnx-int8"]
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
+    proc = start_service(export, port, log)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 300
@@ -167,41 +220,8 @@ def bench_service(export: Path, requests: int, seconds: float, clients: int) -> 
                 time.sleep(0.5)
             if time.monotonic() > deadline:
                 raise RuntimeError("the service did not start in 300 s")
-        ids = [line.split("\t")[0] for line in (export / "catalog" / "index.tsv").open()]
-        rng = np.random.default_rng(0)
-        bodies = [
-            {
-                "history": rng.choice(ids, 10, replace=False).tolist(),
-                "candidates": rng.choice(ids, 20, replace=False).tolist(),
-            }
-            for _ in range(64)
-        ]
-        latencies: list[float] = []
-        errors = [0]
-        counter = iter(range(requests))
-        lock = threading.Lock()
-        stop_at = time.monotonic() + seconds
-
-        def client() -> None:
-            with httpx.Client(base_url=base, timeout=30) as http:
-                while time.monotonic() < stop_at:
-                    with lock:
-                        i = next(counter, None)
-                    if i is None:
-                        return
-                    t = time.perf_counter()
-                    ok = http.post("/rank", json=bodies[i % len(bodies)]).status_code == 200
-                    with lock:
-                        latencies.append(time.perf_counter() - t)
-                        errors[0] += not ok
-
-        start = time.perf_counter()
-        workers = [threading.Thread(target=client) for _ in range(clients)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        elapsed = time.perf_counter() - start
+        bodies = rank_bodies(export)
+        latencies, errors, elapsed = load_service(base, bodies, requests, seconds, clients)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -210,7 +230,7 @@ def bench_service(export: Path, requests: int, seconds: float, clients: int) -> 
         "endpoint": "/rank (10 history items, 20 candidates)",
         "clients": clients,
         "requests": len(latencies),
-        "errors": errors[0],
+        "errors": errors,
         "seconds": elapsed,
         "requests_per_s": len(latencies) / elapsed,
         "p50_ms": 1000 * float(np.percentile(latencies, 50)),

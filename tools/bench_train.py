@@ -1,6 +1,6 @@
 """Training throughput of mlrec against a naive loop, and model FLOPs utilisation on CPU.
 
-    python tools/bench_train.py --out bench-train.json [--quick] [--set KEY=VALUE ...]
+    python -m tools.bench_train --out FILE.json [--quick] [--set KEY=VALUE ...]
 
 Both sides train the same recommender (an XLM-R-style encoder, hidden 256, 4 layers, LoRA r=8 on
 attention and feed-forward layers, NRMS user encoder; 10 history items, 1 positive + 4 negatives,
@@ -45,6 +45,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ from torch.utils import flop_counter
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from mlrec.config import ConfigError, load_config
+from mlrec.config import Config, ConfigError, load_config
 from mlrec.data.corpus import behaviors_file, news_files
 from mlrec.data.mind import read_behaviors, read_news
 from mlrec.data.shards import build_shards
@@ -171,155 +172,175 @@ def matmul_peak_flops(
     return peaks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--quick", action="store_true", help="a smaller run, under 5 minutes")
-    parser.add_argument(
-        "--set",
-        nargs="+",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config overrides applied after the benchmark's model (e.g. model.hidden_size=384)",
-    )
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(2)
-    rounds, steps = (8, 3) if args.quick else (16, 4)
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    sizes = [
-        "data.synthetic.num_news=1500",
-        "data.synthetic.train_impressions=4000",
-        "data.synthetic.dev_impressions=200",
-        "data.synthetic.num_users=800",
-    ]
-    try:
-        cfg = load_config(None, [f"run_dir={work}", *MODEL, *sizes, "train.steps=1000", *args.set])
-    except ConfigError as err:
-        parser.error(str(err))
-    start = time.perf_counter()
-    build_shards(cfg, progress=False)
-    print(f"shards built in {time.perf_counter() - start:.0f} s", flush=True)
-    trainer = Trainer(cfg)
-    trainer.model.train()
-    batches = trainer.batches()
-    model = trainer.recommender
-    naive_model = copy.deepcopy(model)
-    unfuse_lora(naive_model)
-    naive_model.item_encoder.length_buckets = 0
-    naive_data = NaiveDataset(cfg, trainer.tokenizer, cfg.data.negatives, cfg.seed)
-    naive_loader = DataLoader(
-        naive_data,
-        batch_size=cfg.data.batch_size,
-        shuffle=True,
-        num_workers=1,
-        collate_fn=list,
-        persistent_workers=True,
-    )
-    naive_batches = iter(naive_loader)
-    naive_optimizer = torch.optim.AdamW(
-        [p for p in naive_model.parameters() if p.requires_grad], lr=cfg.train.lr
-    )
-    batch = cfg.data.batch_size
+SIZES = [
+    "data.synthetic.num_news=1500",
+    "data.synthetic.train_impressions=4000",
+    "data.synthetic.dev_impressions=200",
+    "data.synthetic.num_users=800",
+]
+FLOP_COUNTED_STEPS = 6
+# the arms whose MFU is measured, against the matmul peak in this precision
+PEAK_DTYPES = {"mlrec": torch.float32, "mlrec_bf16": torch.bfloat16}
 
-    def mlrec_settings(default: bool) -> None:
-        (fuse_lora if default else unfuse_lora)(model)
-        model.item_encoder.length_buckets = cfg.model.length_buckets if default else 0
 
-    def timed(step) -> tuple[float, list[float]]:
-        """samples/s over `steps` steps, and each step's own time"""
-        times = []
+class Arms:
+    """The five timed training steps of the module docstring (the naive ones on a copy of
+    mlrec's model, made before any step); each step returns its own seconds."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.batch = cfg.data.batch_size
+        self.trainer = Trainer(cfg)
+        self.trainer.model.train()
+        self.batches = self.trainer.batches()
+        self.model = self.trainer.recommender
+        self.naive_model = copy.deepcopy(self.model)
+        unfuse_lora(self.naive_model)
+        self.naive_model.item_encoder.length_buckets = 0
+        naive_data = NaiveDataset(cfg, self.trainer.tokenizer, cfg.data.negatives, cfg.seed)
+        naive_loader = DataLoader(
+            naive_data,
+            batch_size=cfg.data.batch_size,
+            shuffle=True,
+            num_workers=1,
+            collate_fn=list,
+            persistent_workers=True,
+        )
+        self.naive_batches = iter(naive_loader)
+        self.naive_optimizer = torch.optim.AdamW(
+            [p for p in self.naive_model.parameters() if p.requires_grad], lr=cfg.train.lr
+        )
+        self.steps = {
+            "mlrec": self.mlrec,
+            "naive": self.naive,
+            "ablation": self.mlrec,
+            "mlrec_bf16": in_bf16(self.mlrec),
+            "naive_bf16": in_bf16(self.naive),
+        }
+
+    def use(self, name: str) -> None:
+        """mlrec's default settings, or for the ablation peft's LoRA forward and no groups."""
+        default = name != "ablation"
+        (fuse_lora if default else unfuse_lora)(self.model)
+        self.model.item_encoder.length_buckets = self.cfg.model.length_buckets if default else 0
+
+    def mlrec(self) -> float:
+        return self.trainer.train_step(self.batches)["step_time_s"]
+
+    def naive(self) -> float:
         start = time.perf_counter()
-        for _ in range(steps):
-            times.append(step())
-        return steps * batch / (time.perf_counter() - start), times
-
-    def naive() -> float:
-        start = time.perf_counter()
-        naive_step(naive_model, naive_optimizer, next(naive_batches))
+        naive_step(self.naive_model, self.naive_optimizer, next(self.naive_batches))
         return time.perf_counter() - start
 
-    def mlrec() -> float:
-        return trainer.train_step(batches)["step_time_s"]
+    def close(self) -> None:
+        self.use("mlrec")
+        self.trainer.close()
 
-    def in_bf16(step):
-        def bf16_step() -> float:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return step()
 
-        return bf16_step
+def in_bf16(step):
+    """`step` under bf16 autocast, as `train.mixed_precision=bf16` runs it on CPU."""
 
-    arms = {
-        "mlrec": mlrec,
-        "naive": naive,
-        "ablation": mlrec,
-        "mlrec_bf16": in_bf16(mlrec),
-        "naive_bf16": in_bf16(naive),
-    }
+    def bf16_step() -> float:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return step()
+
+    return bf16_step
+
+
+def timed(step, steps: int, batch: int) -> tuple[float, list[float]]:
+    """samples/s over `steps` steps, and each step's own time"""
+    times = []
+    start = time.perf_counter()
+    for _ in range(steps):
+        times.append(step())
+    return steps * batch / (time.perf_counter() - start), times
+
+
+def bench_config(parser: argparse.ArgumentParser, args: argparse.Namespace, work: Path) -> Config:
+    """The benchmark's model and corpus sizes in `work`, then `--set`; a usage error if invalid."""
+    try:
+        return load_config(None, [f"run_dir={work}", *MODEL, *SIZES, "train.steps=1000", *args.set])
+    except ConfigError as err:
+        parser.error(str(err))
+
+
+def warm_up(arms: Arms) -> None:
     start = time.perf_counter()
     for _ in range(3):  # warm up every path (allocator, loader workers, oneDNN kernels)
-        for name, step in arms.items():
-            mlrec_settings(name != "ablation")
+        for name, step in arms.steps.items():
+            arms.use(name)
             step()
     print(f"warm-up {time.perf_counter() - start:.1f} s", flush=True)
 
-    # FLOPs of mlrec's steps, forward and backward, averaged over a few batches (they differ in
-    # distinct items and lengths); counting slows the steps, so they are not timed. The fused
-    # LoRA layers pad their stacked matrices with zero rows for speed: counted unpadded, so
-    # those multiplications by zero are not counted as work.
-    counted = 6
+
+def flops_per_step(arms: Arms) -> float:
+    """FLOPs of mlrec's steps, forward and backward, averaged over a few batches (they differ
+    in distinct items and lengths); counting slows the steps, so they are not timed. The fused
+    LoRA layers pad their stacked matrices with zero rows for speed: counted unpadded, so those
+    multiplications by zero are not counted as work."""
     count_cpu_attention()
     fused_lora.ALIGN, align = 1, fused_lora.ALIGN
     with FlopCounterMode(display=False) as counter:
-        for _ in range(counted):
-            mlrec()
+        for _ in range(FLOP_COUNTED_STEPS):
+            arms.mlrec()
     fused_lora.ALIGN = align
-    flops_per_step = counter.get_total_flops() / counted
+    return counter.get_total_flops() / FLOP_COUNTED_STEPS
 
-    # The machine's speed drifts by tens of percent over minutes (shared cores), so the matmul
-    # peak is measured in every round too, right before and right after the mlrec arm in the
-    # same precision, and each round's utilisation uses the mean of the two.
-    peak_dtypes = {"mlrec": torch.float32, "mlrec_bf16": torch.bfloat16}
-    rates: dict[str, list[float]] = {name: [] for name in arms}
-    step_times: dict[str, list[float]] = {name: [] for name in arms}
-    around: dict[str, list[tuple[float, float]]] = {name: [] for name in peak_dtypes}
-    peaks: dict[str, list[dict[int, float]]] = {name: [] for name in peak_dtypes}
-    mfus: dict[str, list[float]] = {name: [] for name in peak_dtypes}
+
+@dataclass
+class Measurements:
+    """Per arm, each round's samples/s and every step's seconds; per arm of PEAK_DTYPES, each
+    round's matmul peaks (best size before and after; per size, their mean) and MFU."""
+
+    rates: dict[str, list[float]]
+    step_times: dict[str, list[float]]
+    around: dict[str, list[tuple[float, float]]]
+    peaks: dict[str, list[dict[int, float]]]
+    mfus: dict[str, list[float]]
+
+
+def measure_rounds(arms: Arms, rounds: int, steps: int, flops: float) -> Measurements:
+    """The arms timed alternately, `rounds` times. The machine's speed drifts by tens of percent
+    over minutes (shared cores), so the matmul peak is measured in every round too, right before
+    and right after the mlrec arm in the same precision, and each round's utilisation uses the
+    mean of the two."""
+    m = Measurements(
+        rates={name: [] for name in arms.steps},
+        step_times={name: [] for name in arms.steps},
+        around={name: [] for name in PEAK_DTYPES},
+        peaks={name: [] for name in PEAK_DTYPES},
+        mfus={name: [] for name in PEAK_DTYPES},
+    )
     for _ in range(rounds):
-        for name, step in arms.items():
-            mlrec_settings(name != "ablation")
-            dtype = peak_dtypes.get(name)
+        for name, step in arms.steps.items():
+            arms.use(name)
+            dtype = PEAK_DTYPES.get(name)
             before = matmul_peak_flops(dtype=dtype) if dtype else {}
-            rate, times = timed(step)
-            rates[name].append(rate)
-            step_times[name].extend(times)
+            rate, times = timed(step, steps, arms.batch)
+            m.rates[name].append(rate)
+            m.step_times[name].extend(times)
             if dtype:
                 after = matmul_peak_flops(dtype=dtype)
-                around[name].append((max(before.values()), max(after.values())))
-                peaks[name].append({n: (before[n] + after[n]) / 2 for n in before})
-                mfus[name].append(flops_per_step * rate / batch / max(peaks[name][-1].values()))
+                m.around[name].append((max(before.values()), max(after.values())))
+                m.peaks[name].append({n: (before[n] + after[n]) / 2 for n in before})
+                peak = max(m.peaks[name][-1].values())
+                m.mfus[name].append(flops * rate / arms.batch / peak)
         print(
             "round: "
-            + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rates.items())
-            + f" samples/s; MFU {mfus['mlrec'][-1]:.3f}, bf16 {mfus['mlrec_bf16'][-1]:.3f}",
+            + ", ".join(f"{k} {v[-1]:.1f}" for k, v in m.rates.items())
+            + f" samples/s; MFU {m.mfus['mlrec'][-1]:.3f}, bf16 {m.mfus['mlrec_bf16'][-1]:.3f}",
             flush=True,
         )
-    mlrec_settings(True)
-    trainer.close()
-    median = {name: statistics.median(values) for name, values in rates.items()}
-    best_peak = max(max(pair) for pair in around["mlrec"])
-    achieved = flops_per_step * median["mlrec"] / batch
-    by_round = [m / n for m, n in zip(rates["mlrec"], rates["naive"], strict=True)]
-    bf16_by_round = [m / n for m, n in zip(rates["mlrec_bf16"], rates["naive_bf16"], strict=True)]
+    return m
 
-    result = {
-        "quick": args.quick,
-        "model": MODEL,
-        "overrides": args.set,
-        "rounds": rounds,
-        "steps_per_round": steps,
-        "batch_size": batch,
-        "threads": torch.get_num_threads(),
+
+def throughput_figures(m: Measurements) -> dict:
+    """samples/s of every arm (each round and the median) and the speedups between arms."""
+    rates = m.rates
+    median = {name: statistics.median(values) for name, values in rates.items()}
+    by_round = [a / b for a, b in zip(rates["mlrec"], rates["naive"], strict=True)]
+    bf16_by_round = [a / b for a, b in zip(rates["mlrec_bf16"], rates["naive_bf16"], strict=True)]
+    return {
         "mlrec_samples_per_s": rates["mlrec"],
         "naive_samples_per_s": rates["naive"],
         "mlrec_without_fused_and_groups_samples_per_s": rates["ablation"],
@@ -342,26 +363,71 @@ def main() -> None:
         "train_speedup_bf16_vs_faster_naive": median["mlrec_bf16"]
         / max(median["naive"], median["naive_bf16"]),
         "mlrec_bf16_speedup_over_fp32": median["mlrec_bf16"] / median["mlrec"],
-        "mlrec_step_time_s_median": statistics.median(step_times["mlrec"]),
-        "naive_step_time_s_median": statistics.median(step_times["naive"]),
-        "flops_per_step": flops_per_step,
-        "flops_counted_over_steps": counted,
+        "mlrec_step_time_s_median": statistics.median(m.step_times["mlrec"]),
+        "naive_step_time_s_median": statistics.median(m.step_times["naive"]),
+    }
+
+
+def flops_figures(m: Measurements, flops: float, batch: int) -> dict:
+    """FLOPs per step, achieved FLOP/s, the matmul peaks measured and the MFUs."""
+    best_peak = max(max(pair) for pair in m.around["mlrec"])
+    achieved = flops * statistics.median(m.rates["mlrec"]) / batch
+    return {
+        "flops_per_step": flops,
+        "flops_counted_over_steps": FLOP_COUNTED_STEPS,
         "achieved_flops_per_s": achieved,
         "matmul_peak_flops_per_s_by_round": [
-            {str(n): v for n, v in p.items()} for p in peaks["mlrec"]
+            {str(n): v for n, v in p.items()} for p in m.peaks["mlrec"]
         ],
         # the best size's peak right before and right after the mlrec arm, each round
-        "matmul_peak_before_after_by_round": around["mlrec"],
+        "matmul_peak_before_after_by_round": m.around["mlrec"],
         "matmul_peak_flops_per_s_best": best_peak,
-        "mfu_cpu_by_round": mfus["mlrec"],
-        "mfu_cpu": statistics.median(mfus["mlrec"]),
+        "mfu_cpu_by_round": m.mfus["mlrec"],
+        "mfu_cpu": statistics.median(m.mfus["mlrec"]),
         "mfu_cpu_vs_best_peak": achieved / best_peak,
         "bf16_matmul_peak_flops_per_s_by_round": [
-            {str(n): v for n, v in p.items()} for p in peaks["mlrec_bf16"]
+            {str(n): v for n, v in p.items()} for p in m.peaks["mlrec_bf16"]
         ],
-        "bf16_matmul_peak_before_after_by_round": around["mlrec_bf16"],
-        "mfu_cpu_bf16_by_round": mfus["mlrec_bf16"],
-        "mfu_cpu_bf16": statistics.median(mfus["mlrec_bf16"]),
+        "bf16_matmul_peak_before_after_by_round": m.around["mlrec_bf16"],
+        "mfu_cpu_bf16_by_round": m.mfus["mlrec_bf16"],
+        "mfu_cpu_bf16": statistics.median(m.mfus["mlrec_bf16"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--quick", action="store_true", help="a smaller run, under 5 minutes")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides applied after the benchmark's model (e.g. model.hidden_size=384)",
+    )
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(2)
+    rounds, steps = (8, 3) if args.quick else (16, 4)
+    cfg = bench_config(parser, args, Path(tempfile.mkdtemp(prefix="bench-train-")))
+    start = time.perf_counter()
+    build_shards(cfg, progress=False)
+    print(f"shards built in {time.perf_counter() - start:.0f} s", flush=True)
+    arms = Arms(cfg)
+    warm_up(arms)
+    flops = flops_per_step(arms)
+    measured = measure_rounds(arms, rounds, steps, flops)
+    arms.close()
+    result = {
+        "quick": args.quick,
+        "model": MODEL,
+        "overrides": args.set,
+        "rounds": rounds,
+        "steps_per_round": steps,
+        "batch_size": arms.batch,
+        "threads": torch.get_num_threads(),
+        **throughput_figures(measured),
+        **flops_figures(measured, flops, arms.batch),
     }
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))

@@ -1,6 +1,6 @@
 """Cross-lingual benchmark: alignment, zero-shot transfer and distillation, measured in one run.
 
-    python tools/bench_xling.py --out bench-xling.json [--quick] [--work DIR]
+    python -m tools.bench_xling --out FILE.json [--quick] [--work DIR]
 
 1. Translation retrieval on real data: VLC's gettext catalogs (`apt-get download vlc-l10n`),
    English -> 12 languages, held-out sentences; the real mUSE teacher (the
@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,13 +35,11 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mlrec import pipeline  # noqa: E402
-from mlrec.config import Config, load_config  # noqa: E402
-from mlrec.data.pairs import fetch_vlc_catalogs  # noqa: E402
-from mlrec.data.xling import rewrite_corpus, transfer_gaps  # noqa: E402
-from mlrec.distill.align import align  # noqa: E402
+from mlrec import pipeline
+from mlrec.config import Config, load_config
+from mlrec.data.pairs import fetch_vlc_catalogs
+from mlrec.data.xling import rewrite_corpus, transfer_gaps
+from mlrec.distill.align import align
 
 log = logging.getLogger("bench_xling")
 

@@ -1,6 +1,6 @@
 """One short script for a GPU machine: the paths CPU tests cannot reach.
 
-    python tools/gpu_check.py --out gpu-check.json [--steps 20]
+    python -m tools.gpu_check --out gpu-check.json [--steps 20]
 
 Checks, each recorded in the JSON with its figures or its error:
 - bf16 training of a base-sized encoder (XLM-R base shape: hidden 768, 12 layers) with LoRA:

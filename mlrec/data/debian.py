@@ -494,6 +494,43 @@ def convert(
     start = time.perf_counter()
     root = Path(root)
     package_files, translation_files = list_files(lists)
+    langs = _translated_languages(lists, languages, package_files, translation_files)
+    files: dict[str, Any] = {}
+    stats: dict[str, Any] = {}
+    packages, kept, descriptions = _read_lists(
+        package_files, translation_files, langs, files, stats, progress
+    )
+    items = {lang: by_nid for lang, by_nid in build_items(kept, descriptions).items() if by_nid}
+    with_text = set().union(*(set(by_nid) for by_nid in items.values())) if items else set()
+    members = baskets(packages, with_text)
+    params: dict[str, Any] = {
+        "sessions_per_basket": sessions_per_basket,
+        "dev_fraction": dev_fraction,
+        "seed": seed,
+    }
+    sessions = build_sessions(members, items, **params)
+    write_corpus(root, items, sessions)
+    meta = {
+        "source": "debian",
+        "lists": str(lists),
+        **_corpus_counts(items, with_text, members, sessions),
+        "params": {**params, "min_basket": MIN_BASKET, "negatives": NEGATIVES},
+        **stats,
+        "files": files,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    (root / "corpus.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
+    return meta
+
+
+def _translated_languages(
+    lists: str | Path,
+    languages: list[str],
+    package_files: list[Path],
+    translation_files: dict[str, list[Path]],
+) -> list[str]:
+    """The languages of `languages` that have a Translation file (a warning names the others);
+    a DataError when there is no Packages file or none of them has one."""
     missing = [lang for lang in languages if lang not in translation_files]
     if not package_files or len(missing) == len(languages):
         raise DataError(
@@ -502,8 +539,19 @@ def convert(
         )
     if missing:
         log.warning("no Translation file for %s in %s", ", ".join(missing), lists)
-    langs = [lang for lang in languages if lang in translation_files]
-    files: dict[str, Any] = {}
+    return [lang for lang in languages if lang in translation_files]
+
+
+def _read_lists(
+    package_files: list[Path],
+    translation_files: dict[str, list[Path]],
+    langs: list[str],
+    files: dict[str, Any],
+    stats: dict[str, Any],
+    progress: bool,
+) -> tuple[dict[str, Package], dict[str, Package], dict[str, dict[str, tuple[str, str]]]]:
+    """All packages, the item packages, and per language their descriptions by md5. Records read
+    are counted per list file in `files`, packages that are not items by reason in `stats`."""
     bar = None
     if progress:
         from tqdm import tqdm
@@ -512,8 +560,8 @@ def convert(
     packages = read_packages(package_files, files)
     if bar is not None:
         bar.update()
-    stats: dict[str, Any] = {}
     kept = item_packages(packages, stats)
+    # Translation files describe libraries and metapackages too: read, counted as unused
     wanted = {p.md5 for p in kept.values()}
     descriptions = {}
     for lang in langs:
@@ -524,21 +572,18 @@ def convert(
             bar.update()
     if bar is not None:
         bar.close()
-    items = {lang: by_nid for lang, by_nid in build_items(kept, descriptions).items() if by_nid}
-    with_text = set().union(*(set(by_nid) for by_nid in items.values())) if items else set()
-    members = baskets(packages, with_text)
-    sessions = build_sessions(
-        members,
-        items,
-        sessions_per_basket=sessions_per_basket,
-        dev_fraction=dev_fraction,
-        seed=seed,
-    )
-    write_corpus(root, items, sessions)
+    return packages, kept, descriptions
+
+
+def _corpus_counts(
+    items: dict[str, dict[str, Item]],
+    with_text: set[str],
+    members: dict[str, list[str]],
+    sessions: dict[str, list[Session]],
+) -> dict[str, Any]:
+    """corpus.json's counts of items per language, sections, baskets and sessions."""
     sections = Counter(it.category for by_nid in items.values() for it in by_nid.values())
-    meta = {
-        "source": "debian",
-        "lists": str(lists),
+    return {
         "languages": sorted(items),
         "items": {lang: len(by_nid) for lang, by_nid in sorted(items.items())},
         "distinct_items": len(with_text),
@@ -549,19 +594,7 @@ def convert(
             name: dict(Counter(s.lang for s in rows).most_common())
             for name, rows in sessions.items()
         },
-        "params": {
-            "sessions_per_basket": sessions_per_basket,
-            "dev_fraction": dev_fraction,
-            "seed": seed,
-            "min_basket": MIN_BASKET,
-            "negatives": NEGATIVES,
-        },
-        **stats,
-        "files": files,
-        "seconds": round(time.perf_counter() - start, 1),
     }
-    (root / "corpus.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
-    return meta
 
 
 def prepare_catalog(cfg: Config, root: Path) -> dict[str, Any]:

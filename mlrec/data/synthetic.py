@@ -479,15 +479,10 @@ def _histories(
     out = []
     offset = 0
     for user, (length, n) in enumerate(zip(lengths.tolist(), draws.tolist(), strict=True)):
-        chosen: dict[int, None] = {}
-        for item in items[offset : offset + n]:
-            if len(chosen) == length:
-                break
-            chosen.setdefault(item)
-        for item in fill:  # only when the oversample had too few distinct items
-            if len(chosen) == length:
-                break
-            chosen.setdefault(item)
+        chosen: list[int] = []
+        seen: set[int] = set()
+        _extend_distinct(chosen, seen, items[offset : offset + n], length)
+        _extend_distinct(chosen, seen, fill, length)  # only when the oversample had too few
         offset += n
         out.append(
             " ".join(
@@ -506,6 +501,19 @@ def _extend_distinct(items: list[int], chosen: set[int], pool: Sequence[int], si
         if item not in chosen:
             chosen.add(item)
             items.append(item)
+
+
+def _shown_items(
+    rng: np.random.Generator, num_news: int, positives: list[int], negatives: list[int], size: int
+) -> tuple[list[int], int]:
+    """The ``size`` distinct items of one impression, clicked ones first, and how many clicked."""
+    items = list(dict.fromkeys(positives))  # a repeated positive counts once
+    num_clicked = len(items)
+    chosen = set(items)
+    _extend_distinct(items, chosen, negatives, size)
+    if len(items) < size:  # too few distinct negatives among the draws (tiny corpora)
+        _extend_distinct(items, chosen, rng.permutation(num_news).tolist(), size)
+    return items, num_clicked
 
 
 def _write_behaviors(
@@ -552,14 +560,9 @@ def _write_behaviors(
                 strict=True,
             )
         ):
-            items = list(dict.fromkeys(p[:npos]))  # a repeated positive counts once
-            npos_real = len(items)
-            chosen = set(items)
-            _extend_distinct(items, chosen, neg, size)
-            if len(items) < size:  # too few distinct negatives among the draws (tiny corpora)
-                _extend_distinct(items, chosen, rng.permutation(model.num_news).tolist(), size)
+            items, num_clicked = _shown_items(rng, model.num_news, p[:npos], neg, size)
             refs = " ".join(
-                f"{nids[items[j]]}@{lang_codes[lang]}-{int(j < npos_real)}"
+                f"{nids[items[j]]}@{lang_codes[lang]}-{int(j < num_clicked)}"
                 for j, lang in zip((j for j in orow if j < size), lrow, strict=False)
             )
             rows.append(
@@ -569,6 +572,135 @@ def _write_behaviors(
         fh.write("".join(rows))
         on_chunk(b)
     return per_lang
+
+
+def _draw_news(
+    rng: np.random.Generator, concepts: _Concepts, num_news: int
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Each news item's category, global subcategory, and title and abstract concept sequences."""
+    shares = rng.dirichlet(np.full(len(CATEGORIES), _CATEGORY_SKEW))
+    news_cat = rng.choice(len(CATEGORIES), size=num_news, p=shares)
+    news_sub = concepts.first_sub[news_cat] + (
+        rng.random(num_news) * concepts.num_subs[news_cat]
+    ).astype(np.int64)
+    titles, abstracts = [], []
+    for cat, sub in zip(news_cat.tolist(), news_sub.tolist(), strict=True):
+        n_title = int(rng.integers(_TITLE_WORDS[0], _TITLE_WORDS[1] + 1))
+        n_abstract = int(rng.integers(_ABSTRACT_WORDS[0], _ABSTRACT_WORDS[1] + 1))
+        titles.append(concepts.sequence(rng, cat, sub, n_title, _TITLE_MIX))
+        abstracts.append(concepts.sequence(rng, cat, sub, n_abstract, _ABSTRACT_MIX))
+    return news_cat, news_sub, titles, abstracts
+
+
+def _write_users(out_dir: Path, langs: tuple[str, ...], model: _ClickModel) -> None:
+    """users.tsv: each user's home and second language and preferred categories with weights."""
+    with open(out_dir / "users.tsv", "w", encoding="utf-8", newline="\n") as fh:
+        for user in range(len(model.home)):
+            second = langs[model.second[user]] if model.second[user] >= 0 else ""
+            prefs = ",".join(
+                f"{CATEGORIES[c][0]}:{w:.3f}"
+                for c, w in zip(
+                    model.pref_cats[user].tolist(), model.pref_weights[user].tolist(), strict=False
+                )
+            )
+            fh.write(f"U{user + 1}\t{langs[model.home[user]]}\t{second}\t{prefs}\n")
+
+
+def _write_splits(
+    out_dir: Path,
+    seed: int,
+    model: _ClickModel,
+    histories: list[str],
+    langs: tuple[str, ...],
+    impressions: dict[str, int],
+    candidates: tuple[int, int],
+    progress: bool,
+) -> dict[str, dict[str, int]]:
+    """train/ and dev/behaviors.tsv (dev's ids and times follow train's); returns, per split,
+    the impressions per home language."""
+    train, dev = impressions["train"], impressions["dev"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=train + dev, unit="imp", desc="impressions")
+    on_chunk = bar.update if bar is not None else (lambda _n: None)
+    dev_start = _TRAIN_START + timedelta(seconds=_TRAIN_SECONDS)
+    splits = (
+        ("train", train, 1, _TRAIN_START, _TRAIN_SECONDS),
+        ("dev", dev, train + 1, dev_start, _DEV_SECONDS),
+    )
+    per_lang: dict[str, dict[str, int]] = {}
+    try:
+        for index, (split, num, first_id, start, span_s) in enumerate(splits):
+            (out_dir / split).mkdir(parents=True, exist_ok=True)
+            rng = np.random.default_rng([seed, 4 + index])
+            path = out_dir / split / "behaviors.tsv"
+            with open(path, "w", encoding="utf-8", newline="\n") as fh:
+                counts_by_lang = _write_behaviors(
+                    fh,
+                    rng,
+                    model,
+                    histories,
+                    langs,
+                    num,
+                    first_id,
+                    start,
+                    span_s,
+                    candidates,
+                    on_chunk,
+                )
+            per_lang[split] = dict(zip(langs, counts_by_lang.tolist(), strict=True))
+    finally:
+        if bar is not None:
+            bar.close()
+    return per_lang
+
+
+def _metadata(
+    langs: tuple[str, ...],
+    counts: dict[str, Any],
+    model: _ClickModel,
+    news_cat: np.ndarray,
+    num_concepts: int,
+    per_lang: dict[str, dict[str, int]],
+    params: dict[str, Any],
+) -> dict:
+    """corpus.json's content; ``counts`` are the sizes as given, ``params`` every argument."""
+    home_counts = np.bincount(model.home, minlength=len(langs)).tolist()
+    news_per_category = np.bincount(news_cat, minlength=len(CATEGORIES))
+    return {
+        "synthetic": True,
+        "generator": "mlrec.data.synthetic",
+        "format": "MIND/xMIND; item refs are <nid>@<lang>",
+        "languages": {
+            lang: {"script": LANGUAGE_SCRIPTS[lang], "home_users": n}
+            for lang, n in zip(langs, home_counts, strict=True)
+        },
+        "scripts": sorted({LANGUAGE_SCRIPTS[lang] for lang in langs}),
+        "categories": {cat: list(subs) for cat, subs in CATEGORIES},
+        "counts": {
+            "news": counts["num_news"],
+            "users": counts["num_users"],
+            "bilingual_users": int((model.second >= 0).sum()),
+            "impressions": {"train": counts["train_impressions"], "dev": counts["dev_impressions"]},
+            "impressions_per_language": per_lang,
+            "news_per_category": {
+                cat: int(n) for (cat, _), n in zip(CATEGORIES, news_per_category, strict=True)
+            },
+            "concepts": num_concepts,
+        },
+        "impression_ids": "1-based, continuing from train into dev",
+        "impressions_per_language_by": "the user's home language (see users.tsv)",
+        "seed": params["seed"],
+        "params": params,
+        "files": {
+            "news": {lang: f"news/{lang}.tsv" for lang in langs},
+            "train_behaviors": "train/behaviors.tsv",
+            "dev_behaviors": "dev/behaviors.tsv",
+            "users": "users.tsv",
+        },
+    }
 
 
 def generate_corpus(
@@ -603,123 +735,31 @@ def generate_corpus(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    # Each stage draws from its own default_rng([seed, k]) stream (each lexicon from one per
+    # language), so how many values one stage draws does not shift the draws of the next.
     concepts = _Concepts(np.random.default_rng([seed, 1]))
     lexicons = {lang: _lexicon(seed, lang, concepts.num_function, concepts.total) for lang in langs}
-
-    news_rng = np.random.default_rng([seed, 2])
-    shares = news_rng.dirichlet(np.full(len(CATEGORIES), _CATEGORY_SKEW))
-    news_cat = news_rng.choice(len(CATEGORIES), size=num_news, p=shares)
-    news_sub = concepts.first_sub[news_cat] + (
-        news_rng.random(num_news) * concepts.num_subs[news_cat]
-    ).astype(np.int64)
-    titles, abstracts = [], []
-    for cat, sub in zip(news_cat.tolist(), news_sub.tolist(), strict=True):
-        n_title = int(news_rng.integers(_TITLE_WORDS[0], _TITLE_WORDS[1] + 1))
-        n_abstract = int(news_rng.integers(_ABSTRACT_WORDS[0], _ABSTRACT_WORDS[1] + 1))
-        titles.append(concepts.sequence(news_rng, cat, sub, n_title, _TITLE_MIX))
-        abstracts.append(concepts.sequence(news_rng, cat, sub, n_abstract, _ABSTRACT_MIX))
+    news_cat, news_sub, titles, abstracts = _draw_news(
+        np.random.default_rng([seed, 2]), concepts, num_news
+    )
     _write_news(out, langs, lexicons, news_cat, news_sub, titles, abstracts)
 
     user_rng = np.random.default_rng([seed, 3])
     model = _ClickModel(user_rng, news_cat, num_users, len(langs), mixed_language_fraction)
     histories = _histories(user_rng, model, langs, history_length)
-    with open(out / "users.tsv", "w", encoding="utf-8", newline="\n") as fh:
-        for user in range(num_users):
-            second = langs[model.second[user]] if model.second[user] >= 0 else ""
-            prefs = ",".join(
-                f"{CATEGORIES[c][0]}:{w:.3f}"
-                for c, w in zip(
-                    model.pref_cats[user].tolist(), model.pref_weights[user].tolist(), strict=False
-                )
-            )
-            fh.write(f"U{user + 1}\t{langs[model.home[user]]}\t{second}\t{prefs}\n")
+    _write_users(out, langs, model)
+    impressions = {"train": train_impressions, "dev": dev_impressions}
+    per_lang = _write_splits(out, seed, model, histories, langs, impressions, candidates, progress)
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=train_impressions + dev_impressions, unit="imp", desc="impressions")
-    on_chunk = bar.update if bar is not None else (lambda _n: None)
-    splits = (
-        ("train", train_impressions, 1, _TRAIN_START, _TRAIN_SECONDS),
-        (
-            "dev",
-            dev_impressions,
-            train_impressions + 1,
-            _TRAIN_START + timedelta(seconds=_TRAIN_SECONDS),
-            _DEV_SECONDS,
-        ),
-    )
-    per_lang: dict[str, dict[str, int]] = {}
-    try:
-        for index, (split, num, first_id, start, span_s) in enumerate(splits):
-            (out / split).mkdir(parents=True, exist_ok=True)
-            rng = np.random.default_rng([seed, 4 + index])
-            with open(out / split / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh:
-                counts_by_lang = _write_behaviors(
-                    fh,
-                    rng,
-                    model,
-                    histories,
-                    langs,
-                    num,
-                    first_id,
-                    start,
-                    span_s,
-                    candidates,
-                    on_chunk,
-                )
-            per_lang[split] = dict(zip(langs, counts_by_lang.tolist(), strict=True))
-    finally:
-        if bar is not None:
-            bar.close()
-
-    home_counts = np.bincount(model.home, minlength=len(langs)).tolist()
-    meta = {
-        "synthetic": True,
-        "generator": "mlrec.data.synthetic",
-        "format": "MIND/xMIND; item refs are <nid>@<lang>",
-        "languages": {
-            lang: {"script": LANGUAGE_SCRIPTS[lang], "home_users": n}
-            for lang, n in zip(langs, home_counts, strict=True)
-        },
-        "scripts": sorted({LANGUAGE_SCRIPTS[lang] for lang in langs}),
-        "categories": {cat: list(subs) for cat, subs in CATEGORIES},
-        "counts": {
-            "news": num_news,
-            "users": num_users,
-            "bilingual_users": int((model.second >= 0).sum()),
-            "impressions": {"train": train_impressions, "dev": dev_impressions},
-            "impressions_per_language": per_lang,
-            "news_per_category": {
-                cat: int(n)
-                for (cat, _), n in zip(
-                    CATEGORIES, np.bincount(news_cat, minlength=len(CATEGORIES)), strict=True
-                )
-            },
-            "concepts": concepts.total,
-        },
-        "impression_ids": "1-based, continuing from train into dev",
-        "impressions_per_language_by": "the user's home language (see users.tsv)",
+    params = {
+        "languages": list(langs),
+        **{name: int(value) for name, value in counts.items()},
+        "mixed_language_fraction": float(mixed_language_fraction),
+        "history_length": list(history_length),
+        "candidates": list(candidates),
         "seed": int(seed),
-        "params": {
-            "languages": list(langs),
-            "num_news": int(num_news),
-            "num_users": int(num_users),
-            "train_impressions": int(train_impressions),
-            "dev_impressions": int(dev_impressions),
-            "mixed_language_fraction": float(mixed_language_fraction),
-            "history_length": list(history_length),
-            "candidates": list(candidates),
-            "seed": int(seed),
-        },
-        "files": {
-            "news": {lang: f"news/{lang}.tsv" for lang in langs},
-            "train_behaviors": "train/behaviors.tsv",
-            "dev_behaviors": "dev/behaviors.tsv",
-            "users": "users.tsv",
-        },
     }
+    meta = _metadata(langs, counts, model, news_cat, concepts.total, per_lang, params)
     with open(out / "corpus.json", "w", encoding="utf-8", newline="\n") as fh:
         json.dump(meta, fh, ensure_ascii=False, indent=2)
         fh.write("\n")

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,54 +57,15 @@ def rewrite_corpus(cfg: Config) -> Path:
     """Write the protocol's corpus (see the module docstring); returns its folder."""
     xcfg = cfg.xling
     prepare_corpus(cfg)
-    languages = sorted(news_files(cfg))
-    src = xcfg.source_language
-    targets = xcfg.target_languages or [lang for lang in languages if lang != src]
-    missing = [lang for lang in [src, *targets] if lang not in languages]
-    if missing:
-        raise ConfigError(
-            f"xling: no news/<lang>.tsv for {', '.join(missing)} in {cfg.corpus_dir} "
-            f"(it has {', '.join(languages)})"
-        )
-    out = out_dir(cfg)
-    (out / "news").mkdir(parents=True, exist_ok=True)
     files = news_files(cfg)
-    for lang in [src, *targets]:
-        paths = files[lang]
-        if len(paths) != 1:
-            raise ConfigError(f"xling needs one news file per language; {lang} has {len(paths)}")
-        shutil.copy(paths[0], out / "news" / f"{lang}.tsv")
-
-    def few_shot(nid: str) -> str:
-        if _unit("fs", nid) < xcfg.few_shot_fraction:
-            return targets[int(_unit("fs-lang", nid) * len(targets))]
-        return src
-
-    counts: dict[str, Any] = {"train": 0, "dev": {}}
-    (out / "train").mkdir(exist_ok=True)
-    with (
-        open(behaviors_file(cfg, "train"), encoding="utf-8") as rows,
-        open(out / "train" / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh,
-    ):
-        for line in rows:
-            if line.strip():
-                counts["train"] += 1
-                fh.write(_rewrite_row(line, few_shot, few_shot, counts["train"]) + "\n")
-    (out / "dev").mkdir(exist_ok=True)
-    dev_text = behaviors_file(cfg, "dev").read_text(encoding="utf-8")
-    dev_rows = [line for line in dev_text.splitlines() if line.strip()]
-    imp_id = 0
-    with open(out / "dev" / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh:
-        for lang in [src, *targets]:
-            for number, line in enumerate(dev_rows):
-
-                def history(nid: str, lang=lang, number=number) -> str:
-                    keep = _unit("bi", number, nid) < xcfg.history_target_fraction
-                    return lang if keep else src
-
-                imp_id += 1
-                fh.write(_rewrite_row(line, history, lambda _nid, lang=lang: lang, imp_id) + "\n")
-            counts["dev"][lang] = len(dev_rows)
+    src, targets = _protocol_languages(cfg, sorted(files))
+    out = out_dir(cfg)
+    _copy_news(files, [src, *targets], out / "news")
+    train_language = _few_shot_language(src, targets, xcfg.few_shot_fraction)
+    counts: dict[str, Any] = {
+        "train": _rewrite_train(cfg, out, train_language),
+        "dev": _rewrite_dev(cfg, out, src, [src, *targets], xcfg.history_target_fraction),
+    }
     record = {
         "source_language": src,
         "target_languages": targets,
@@ -122,6 +84,82 @@ def rewrite_corpus(cfg: Config) -> Path:
         out,
     )
     return out
+
+
+def _protocol_languages(cfg: Config, languages: list[str]) -> tuple[str, list[str]]:
+    """The source language and the targets (by default every other language of the corpus);
+    a ConfigError when the corpus has no news file for one of them."""
+    src = cfg.xling.source_language
+    targets = cfg.xling.target_languages or [lang for lang in languages if lang != src]
+    missing = [lang for lang in [src, *targets] if lang not in languages]
+    if missing:
+        raise ConfigError(
+            f"xling: no news/<lang>.tsv for {', '.join(missing)} in {cfg.corpus_dir} "
+            f"(it has {', '.join(languages)})"
+        )
+    return src, targets
+
+
+def _copy_news(files: dict[str, list[Path]], langs: list[str], news_dir: Path) -> None:
+    """news/<lang>.tsv for each of `langs`: the rewrite changes references, not the news."""
+    news_dir.mkdir(parents=True, exist_ok=True)
+    for lang in langs:
+        paths = files[lang]
+        if len(paths) != 1:
+            raise ConfigError(f"xling needs one news file per language; {lang} has {len(paths)}")
+        shutil.copy(paths[0], news_dir / f"{lang}.tsv")
+
+
+def _few_shot_language(src: str, targets: list[str], fraction: float) -> Callable[[str], str]:
+    """The language a news id is shown in during training: the source, or for `fraction` of the
+    ids (FS-XLT) a target; both picked by a hash of the id, so it is the same in every row."""
+
+    def language(nid: str) -> str:
+        if _unit("fs", nid) < fraction:
+            return targets[int(_unit("fs-lang", nid) * len(targets))]
+        return src
+
+    return language
+
+
+def _rewrite_train(cfg: Config, out: Path, language: Callable[[str], str]) -> int:
+    """train/behaviors.tsv with every reference in `language(nid)`; returns the rows written."""
+    (out / "train").mkdir(exist_ok=True)
+    written = 0
+    with (
+        open(behaviors_file(cfg, "train"), encoding="utf-8") as rows,
+        open(out / "train" / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh,
+    ):
+        for line in rows:
+            if line.strip():
+                written += 1
+                fh.write(_rewrite_row(line, language, language, written) + "\n")
+    return written
+
+
+def _rewrite_dev(
+    cfg: Config, out: Path, src: str, langs: list[str], history_target_fraction: float
+) -> dict[str, int]:
+    """dev/behaviors.tsv: every dev impression once per language of `langs`, in that order, with
+    its candidates in that language and `history_target_fraction` of its history (by a hash of
+    row and id) too, the rest in `src`; returns the impressions written per language."""
+    (out / "dev").mkdir(exist_ok=True)
+    dev_text = behaviors_file(cfg, "dev").read_text(encoding="utf-8")
+    dev_rows = [line for line in dev_text.splitlines() if line.strip()]
+    counts: dict[str, int] = {}
+    imp_id = 0
+    with open(out / "dev" / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh:
+        for lang in langs:
+            for number, line in enumerate(dev_rows):
+
+                def history(nid: str, lang=lang, number=number) -> str:
+                    keep = _unit("bi", number, nid) < history_target_fraction
+                    return lang if keep else src
+
+                imp_id += 1
+                fh.write(_rewrite_row(line, history, lambda _nid, lang=lang: lang, imp_id) + "\n")
+            counts[lang] = len(dev_rows)
+    return counts
 
 
 def transfer_gaps(metrics: dict[str, Any], source: str, metric: str = "auc") -> dict[str, float]:
