@@ -3,12 +3,14 @@
 As in the MIND benchmark, AUC is computed within each impression and then averaged over
 impressions; this mean of per-impression AUCs is what MIND reports as "AUC" and is often called
 group AUC. MRR and nDCG@k are also per impression (nDCG with gains 2^label - 1, as MIND's scorer).
-Impressions without both a clicked and an unclicked candidate have no AUC and are skipped.
+Impressions without both a clicked and an unclicked candidate have no AUC and no score; they
+are not dropped without a word: `summarize` counts them per reason beside the scored ones, so
+each row says read = scored + sum(unscored).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -50,9 +52,24 @@ def ndcg(labels: Sequence[int], scores: Sequence[float], k: int) -> float:
     return _dcg(_ranked(labels, scores), k) / ideal
 
 
+NO_CLICK = "no click"
+ALL_CLICKED = "all clicked"
+UNSCORED_REASONS = (NO_CLICK, ALL_CLICKED)
+
+
+def unscored_reason(labels: Sequence[int]) -> str | None:
+    """Why an impression cannot be scored (one of UNSCORED_REASONS), or None when it can."""
+    clicks = sum(labels)
+    if clicks == 0:
+        return NO_CLICK
+    if clicks == len(labels):
+        return ALL_CLICKED
+    return None
+
+
 def impression_metrics(labels: Sequence[int], scores: Sequence[float]) -> dict[str, float] | None:
     """All metrics of one impression, or None when it cannot be scored (all 0 or all 1 labels)."""
-    if not 0 < sum(labels) < len(labels):
+    if unscored_reason(labels) is not None:
         return None
     return {
         "auc": auc(labels, scores),
@@ -62,33 +79,67 @@ def impression_metrics(labels: Sequence[int], scores: Sequence[float]) -> dict[s
     }
 
 
-def summarize(records: Iterable[tuple[str, dict[str, float]]]) -> dict[str, Any]:
-    """(language, per-impression metrics) pairs -> {"overall": ..., "by_language": {...}}."""
+def summarize(
+    records: Iterable[tuple[str, dict[str, float]]],
+    unscored: Iterable[tuple[str, str]] = (),
+) -> dict[str, Any]:
+    """(language, per-impression metrics) pairs of the scored impressions and (language, reason)
+    pairs of the unscored ones -> {"overall": ..., "by_language": {...}}.
+
+    Each row holds the metric means over its scored impressions, "impressions" (the scored count,
+    as readers of older metrics.json expect), "read", "scored" and "unscored" (reason -> count,
+    every reason listed); a language none of whose impressions could be scored still has a row,
+    with the counts and no metric keys.
+    """
     by_language: dict[str, list[dict[str, float]]] = defaultdict(list)
     everything: list[dict[str, float]] = []
     for lang, metrics in records:
         by_language[lang].append(metrics)
         everything.append(metrics)
+    reasons: dict[str, Counter[str]] = defaultdict(Counter)
+    for lang, reason in unscored:
+        if reason not in UNSCORED_REASONS:
+            raise ValueError(f"unknown reason {reason!r}; one of {', '.join(UNSCORED_REASONS)}")
+        reasons[lang][reason] += 1
+        by_language.setdefault(lang, [])
 
-    def mean(rows: list[dict[str, float]]) -> dict[str, Any]:
-        out: dict[str, Any] = {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+    def row(rows: list[dict[str, float]], why: Counter[str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if rows:
+            out = {m: float(np.mean([r[m] for r in rows])) for m in METRICS}
+        counts = {reason: why[reason] for reason in UNSCORED_REASONS}
         out["impressions"] = len(rows)
+        out["read"] = len(rows) + sum(counts.values())
+        out["scored"] = len(rows)
+        out["unscored"] = counts
         return out
 
+    total = sum(reasons.values(), Counter())
     if not everything:
-        raise ValueError("no impression could be scored (each needs a click and a non-click)")
+        # nothing to average: a loud error, not a table of zeros
+        raise ValueError(
+            "no impression could be scored (each needs a click and a non-click); unscored: "
+            f"{dict(total) or 'none read'}"
+        )
     return {
-        "overall": mean(everything),
-        "by_language": {lang: mean(rows) for lang, rows in sorted(by_language.items())},
+        "overall": row(everything, total),
+        "by_language": {
+            lang: row(rows, reasons[lang]) for lang, rows in sorted(by_language.items())
+        },
     }
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """A plain-text table of the per-language and overall metrics."""
-    header = f"{'language':<10}{'impressions':>12}" + "".join(f"{m:>10}" for m in METRICS)
+    """A plain-text table of the per-language and overall metrics; a row without metrics (none of
+    its impressions could be scored) shows "-", and rows of older metrics.json (no read count)
+    show their scored count as read."""
+    header = f"{'language':<10}{'read':>8}{'scored':>8}" + "".join(f"{m:>10}" for m in METRICS)
     lines = [header, "-" * len(header)]
     rows = [*metrics["by_language"].items(), ("overall", metrics["overall"])]
     for name, row in rows:
-        cells = "".join(f"{row[m]:>10.4f}" for m in METRICS)
-        lines.append(f"{name:<10}{row['impressions']:>12}{cells}")
+        cells = "".join(f"{row[m]:>10.4f}" if m in row else f"{'-':>10}" for m in METRICS)
+        scored = row["impressions"]
+        lines.append(f"{name:<10}{row.get('read', scored):>8}{scored:>8}{cells}")
+    if "limited_to" in metrics:
+        lines.append(f"(eval.max_impressions: only the first {metrics['limited_to']} were read)")
     return "\n".join(lines)

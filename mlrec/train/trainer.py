@@ -8,7 +8,6 @@ checkpoint, so a resumed run continues exactly where the interrupted one stopped
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -345,7 +344,9 @@ class Trainer:
         )
 
     def evaluate(self) -> dict[str, Any]:
-        """Dev-impression metrics, written to <run_dir>/eval/metrics.json and TensorBoard."""
+        """Dev-impression metrics, written with the scores behind them to <run_dir>/eval/
+        (metrics.json, predictions.tsv, prediction.txt: mlrec.evaluation.ranking) and to
+        TensorBoard."""
         model = self.accelerator.unwrap_model(self.model)
         metrics = evaluate(
             model,
@@ -355,14 +356,13 @@ class Trainer:
             batch_size=self.cfg.eval.batch_size,
             max_history=self.cfg.data.max_history,
             max_impressions=self.cfg.eval.max_impressions,
+            out_dir=self.run_dir / "eval",
         )
         if self.accelerator.is_main_process:
-            out = self.run_dir / "eval" / "metrics.json"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(metrics, indent=2))
             assert self.writer is not None
             for lang, row in [*metrics["by_language"].items(), ("overall", metrics["overall"])]:
-                for name in METRICS:
+                # a language none of whose impressions could be scored has counts, no metrics
+                for name in (m for m in METRICS if m in row):
                     self.writer.add_scalar(f"eval/{lang}/{name}", row[name], self.step)
             self.log_hparams(metrics)
             self.writer.flush()

@@ -2,7 +2,15 @@ import math
 
 import pytest
 
-from mlrec.evaluation.metrics import auc, format_table, impression_metrics, mrr, ndcg, summarize
+from mlrec.evaluation.metrics import (
+    auc,
+    format_table,
+    impression_metrics,
+    mrr,
+    ndcg,
+    summarize,
+    unscored_reason,
+)
 
 
 def test_auc_hand_computed():
@@ -34,6 +42,9 @@ def test_impression_metrics_skips_unscorable():
     assert impression_metrics([1, 1], [0.1, 0.2]) is None
     assert impression_metrics([0, 0], [0.1, 0.2]) is None
     assert set(impression_metrics([1, 0], [0.1, 0.2])) == {"auc", "mrr", "ndcg@5", "ndcg@10"}
+    assert unscored_reason([0, 0]) == "no click"
+    assert unscored_reason([1, 1]) == "all clicked"
+    assert unscored_reason([0, 1]) is None
 
 
 def test_summarize_means_per_language_and_overall():
@@ -45,7 +56,52 @@ def test_summarize_means_per_language_and_overall():
     assert out["overall"]["auc"] == pytest.approx(2 / 3)
     assert out["overall"]["impressions"] == 3
     assert out["by_language"]["en"]["impressions"] == 2
+    assert (out["overall"]["read"], out["overall"]["scored"]) == (3, 3)
+    assert out["overall"]["unscored"] == {"no click": 0, "all clicked": 0}
     table = format_table(out)
     assert "overall" in table and "de" in table
     with pytest.raises(ValueError):
         summarize([])
+
+
+def test_summarize_accounts_for_every_impression():
+    a = impression_metrics([1, 0], [0.9, 0.1])
+    unscored = [("en", "no click"), ("en", "all clicked"), ("ja", "no click"), ("ja", "no click")]
+    out = summarize([("en", a), ("de", a)], unscored)
+    en, ja = out["by_language"]["en"], out["by_language"]["ja"]
+    assert (en["read"], en["scored"], en["impressions"]) == (3, 1, 1)
+    assert en["unscored"] == {"no click": 1, "all clicked": 1}
+    assert en["auc"] == 1.0  # the mean over the scored impression alone
+    # every impression of ja is unscorable: the row is there, with counts and no metrics
+    assert ja == {
+        "impressions": 0,
+        "read": 2,
+        "scored": 0,
+        "unscored": {"no click": 2, "all clicked": 0},
+    }
+    overall = out["overall"]
+    assert (overall["read"], overall["scored"]) == (6, 2)
+    assert overall["unscored"] == {"no click": 3, "all clicked": 1}
+    for row in [*out["by_language"].values(), overall]:
+        assert row["read"] == row["scored"] + sum(row["unscored"].values())
+    table = format_table(out)
+    ja_line = next(line for line in table.splitlines() if line.startswith("ja"))
+    assert ja_line.split() == ["ja", "2", "0", "-", "-", "-", "-"]
+    with pytest.raises(ValueError, match="no click"):
+        summarize([], [("en", "no click")])  # nothing to average: loud, with the counts
+    with pytest.raises(ValueError, match="unknown reason"):
+        summarize([("en", a)], [("en", "bored")])
+
+
+def test_format_table_reads_older_metrics_files():
+    row = {"auc": 0.6, "mrr": 0.3, "ndcg@5": 0.35, "ndcg@10": 0.4, "impressions": 10}
+    table = format_table({"overall": row, "by_language": {"en": row}})
+    assert table.splitlines()[-1].split() == [
+        "overall",
+        "10",
+        "10",
+        "0.6000",
+        "0.3000",
+        "0.3500",
+        "0.4000",
+    ]

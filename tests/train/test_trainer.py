@@ -43,7 +43,7 @@ def test_run_directory_holds_everything(tiny_run):
     saved = (tiny_run / "config.yaml").read_text()
     assert f"run_dir: {tiny_run}" in saved and "steps: 20" in saved
     metrics = json.loads((tiny_run / "eval" / "metrics.json").read_text())
-    keys = {"auc", "mrr", "ndcg@5", "ndcg@10", "impressions"}
+    keys = {"auc", "mrr", "ndcg@5", "ndcg@10", "impressions", "read", "scored", "unscored"}
     assert set(metrics["overall"]) == keys
     assert set(metrics["by_language"]) == {"en", "de", "ru", "ar", "zh", "ja"}
     assert all(set(row) == keys for row in metrics["by_language"].values())
