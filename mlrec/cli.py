@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "run", nargs="?", type=Path, help="a finished run directory (uses its config.yaml)"
             )
+        if name == "evaluate":
+            _evaluate_options(sub)
         if name == "shard":
             _shard_options(sub)
         if name == "distill":
@@ -87,6 +89,25 @@ def _slice(text: str) -> tuple[int, int]:
         return parse_slice(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _evaluate_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--checkpoint", metavar="STEP", help="a step number or checkpoint folder (default: latest)"
+    )
+    sub.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR_OR_CONFIG",
+        help="other dev data: a shards folder, or a config whose data is sharded first with the "
+        "run's tokenizer (default: the run's own dev sets)",
+    )
+    sub.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="where metrics.json, predictions.tsv and prediction.txt go (default: <run>/eval)",
+    )
 
 
 def _shard_options(sub: argparse.ArgumentParser) -> None:
@@ -132,9 +153,16 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(saved, [f"{key}={run}", *overrides])
 
 
+def _tables(metrics: dict) -> str:
+    """The per-language table, then the model beside its baselines (and transfer gaps)."""
+    from mlrec.evaluation.metrics import format_comparison, format_table
+
+    comparison = format_comparison(metrics)
+    return format_table(metrics) + (f"\n\nagainst baselines:\n{comparison}" if comparison else "")
+
+
 def quickstart(cfg: Config) -> None:
     from mlrec import pipeline
-    from mlrec.evaluation.metrics import format_table
 
     start = time.perf_counter()
     corpus = pipeline.data(cfg)
@@ -143,7 +171,7 @@ def quickstart(cfg: Config) -> None:
     export_dir = pipeline.export(cfg)
     run = Path(cfg.run_dir)
     print(f"\nHeld-out evaluation ({metrics['overall']['impressions']} impressions):")
-    print(format_table(metrics))
+    print(_tables(metrics))
     print(f"\nFinished in {time.perf_counter() - start:.0f} s. Everything is under {run}/:")
     for what, where in [
         ("corpus (synthetic, MIND format)", corpus),
@@ -151,7 +179,7 @@ def quickstart(cfg: Config) -> None:
         ("resolved config", run / "config.yaml"),
         ("checkpoints", run / "checkpoints"),
         ("TensorBoard logs", run / "tb"),
-        ("metrics", run / "eval" / "metrics.json"),
+        ("metrics, predictions", run / "eval"),
         ("Hugging Face export", export_dir),
         ("ONNX models + parity report", export_dir / "onnx"),
     ]:
@@ -162,7 +190,15 @@ def quickstart(cfg: Config) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from mlrec.log import setup_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # overrides may also come after options (`evaluate RUN --out D eval.x=1`), which argparse's
+    # positional slot does not take: a leftover key=value is an override, anything else an error
+    args, extra = parser.parse_known_args(argv)
+    unknown = [token for token in extra if "=" not in token or token.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
     setup_logging()
     try:
         if args.stage == "report":
@@ -180,6 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             pipeline.shard(
                 cfg, workers=args.workers, part=args.slice, step=step, inspect=args.inspect
             )
+        elif args.stage == "evaluate":
+            metrics = pipeline.evaluate(
+                cfg, checkpoint=args.checkpoint, data=args.data, out=args.out
+            )
+            print(_tables(metrics))
         elif args.stage == "distill":
             pipeline.distill(cfg, cache_teacher=args.cache_teacher)
         else:

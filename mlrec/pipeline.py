@@ -12,8 +12,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mlrec.config import Config, ConfigError
-from mlrec.data.corpus import behaviors_file, news_files, prepare_corpus
+from mlrec.data.corpus import behaviors_files, news_files, prepare_corpus
 from mlrec.data.shards import build_shards
 
 log = logging.getLogger(__name__)
@@ -21,11 +23,13 @@ log = logging.getLogger(__name__)
 
 def data(cfg: Config) -> Path:
     """Make the corpus available (generate the synthetic one) and list what it holds."""
-    root = prepare_corpus(cfg)
-    for lang, paths in sorted(news_files(cfg).items()):
+    root = prepare_corpus(cfg.data, cfg.corpus_dir)
+    for lang, paths in sorted(news_files(cfg.data, root).items()):
         log.info("news [%s]: %s", lang, ", ".join(str(p) for p in paths))
-    for split in ("train", "dev"):
-        log.info("%s behaviors: %s", split, behaviors_file(cfg, split))
+    for behaviors in behaviors_files(cfg.data, root):
+        log.info(
+            "%s behaviors: %s (plain ids: %s)", behaviors.split, behaviors.path, behaviors.language
+        )
     return root
 
 
@@ -46,15 +50,18 @@ def shard(
 
         print(describe(cfg.shards_dir))
         return None
+    inputs = shards.ShardInputs.of(cfg)
     if step == "items":
-        prepare_corpus(cfg)
-        shards.build_items(cfg, cfg.shards_dir, progress=True)
+        shards.item_table(inputs, progress=True)
         return None
     if part is not None:
-        written = shards.shard_slice(cfg, *part)
+        written = shards.shard_slice(inputs, *part)
         log.info("slice %d/%d: %d shard units in %s", *part, written, cfg.shards_dir)
         return None
-    manifest = shards.merge_shards(cfg) if step == "merge" else build_shards(cfg, workers=workers)
+    if step == "merge":
+        manifest = shards.merge_shards(inputs)
+    else:
+        manifest = build_shards(inputs, workers=workers)
     log.info("shards, item table and manifest: %s", cfg.shards_dir)
     return manifest
 
@@ -64,46 +71,147 @@ def train(cfg: Config) -> dict[str, Any]:
     from mlrec.train.trainer import Trainer
 
     with closing(Trainer(cfg)) as trainer:
+        trainer.baselines = baselines(cfg, cfg.shards_dir)
         return trainer.train()
 
 
-def _restored(cfg: Config):
-    """The trainer of a finished run with its latest checkpoint loaded (optimizer included)."""
-    from mlrec.distill.recommend import MARKER, Distiller
-    from mlrec.train.trainer import Trainer
-
-    # a distilled run's checkpoints also hold the student's projection head
-    distilled = (Path(cfg.run_dir) / MARKER).is_file()
-    trainer = Distiller(cfg) if distilled else Trainer(cfg)
-    if not trainer.restore("latest", to_train=False):
-        trainer.close()
-        raise FileNotFoundError(
-            f"no checkpoint under {trainer.checkpoint_root}: train first with `mlrec train`"
-        )
-    return trainer
-
-
-def trained_model(cfg: Config):
-    """The recommender of the run's latest checkpoint and its tokenizer: weights only, no
-    optimizer, scheduler or accelerator (export and evaluation read, they do not train)."""
+def trained_model(cfg: Config, checkpoint: str | Path | None = None):
+    """The recommender of a checkpoint of the run (the latest, a step number, or a folder) and
+    its tokenizer: weights only, no optimizer, scheduler or accelerator (export and evaluation
+    read, they do not train)."""
     from mlrec.data.layout import TOKENIZER_DIR, load_manifest
     from mlrec.data.tokenizer import load_tokenizer
     from mlrec.models.trained import load_trained
-    from mlrec.runs import checkpoint_root, latest_checkpoint
+    from mlrec.runs import checkpoint_root, find_checkpoint
 
-    root = checkpoint_root(cfg.run_dir)
-    checkpoint = latest_checkpoint(root)
-    if checkpoint is None:
-        raise FileNotFoundError(f"no checkpoint under {root}: train first with `mlrec train`")
+    path = find_checkpoint(checkpoint_root(cfg.run_dir), checkpoint)
     pad_id = load_manifest(cfg.shards_dir)["tokenizer"]["pad_token_id"]
     tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
-    log.info("model of %s", checkpoint)
-    return load_trained(cfg, checkpoint, len(tokenizer), pad_id), tokenizer
+    log.info("model of %s", path)
+    return load_trained(cfg, path, len(tokenizer), pad_id), tokenizer
 
 
-def evaluate(cfg: Config) -> dict[str, Any]:
-    with closing(_restored(cfg)) as trainer:
-        return trainer.evaluate()
+def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
+    """The configured baselines (eval.baselines) as scorers over the items of `shards_dir`:
+    popularity counts the run's own training clicks, whatever dev data is scored."""
+    from mlrec.data.corpus import news_files
+    from mlrec.data.layout import item_index
+    from mlrec.evaluation import baselines as base
+    from mlrec.evaluation.ranking import per_impression
+
+    out: dict[str, Any] = {}
+    if "popularity" in cfg.eval.baselines:
+        trained_on = base.Popularity.from_shards(cfg.shards_dir)
+        rows = [key.rpartition("@")[0] for key, *_ in item_index(shards_dir)]
+        out["popularity"] = per_impression(base.Popularity(trained_on.clicks, rows).scores)
+    if "teacher" in cfg.eval.baselines:
+        from mlrec.distill.teachers import load_teacher
+
+        teacher = load_teacher(cfg.eval.teacher)
+        data, corpus = _data_of(cfg, shards_dir)
+        files = news_files(data, corpus)
+        texts = base.item_texts(shards_dir, files, data.text_fields, data.on_error)
+        # only the items evaluation shows (and their reference-language versions): a catalog
+        # is mostly items no dev impression holds, and a teacher such as mUSE encodes ~86/s
+        rows = _evaluated_rows(shards_dir, cfg.eval.reference_language)
+        vectors = np.zeros((len(texts), teacher.dim), dtype=np.float32)
+        vectors[rows] = base.frozen_item_vectors(
+            [texts[r] for r in rows], teacher.encode, Path(shards_dir) / "baselines", teacher.name
+        )
+        fusion = base.LateFusion(vectors, cfg.data.max_history, name="teacher late fusion")
+        out["teacher_late_fusion"] = per_impression(fusion.scores)
+    return out
+
+
+def _evaluated_rows(shards_dir: Path, reference_language: str) -> list[int]:
+    """Item-table rows of every dev impression's history and candidates, with their versions in
+    the reference language when the transfer report is asked for."""
+    from mlrec.data.layout import dev_splits, item_index, shard_paths
+    from mlrec.data.loader import read_impressions
+    from mlrec.evaluation.transfer import Swapper
+
+    rows: set[int] = set()
+    for split in dev_splits(shards_dir):
+        for imp in read_impressions(shard_paths(shards_dir, split)):
+            rows.update(imp["history"], imp["candidates"])
+    if reference_language:
+        swap = Swapper([key for key, *_ in item_index(shards_dir)], reference_language).swap
+        rows |= {swap[r] for r in rows if swap[r] is not None}
+    return sorted(rows)
+
+
+def _data_of(cfg: Config, shards_dir: Path):
+    """The data section and corpus folder an evaluation's shards were written from: the run's
+    own, or those recorded in the other shards' manifest."""
+    from mlrec.config import DataConfig, config_from_dict
+    from mlrec.data.layout import MANIFEST, load_manifest
+
+    if shards_dir == cfg.shards_dir:
+        return cfg.data, cfg.corpus_dir
+    recorded = {**cfg.to_dict(), "data": load_manifest(shards_dir)["config"]}
+    other = config_from_dict(recorded, str(shards_dir / MANIFEST))
+    data: DataConfig = other.data
+    return data, other.corpus_dir
+
+
+def evaluation_shards(cfg: Config, data: Path | None) -> Path:
+    """The shards to evaluate on: the run's own, a shards folder, or the shards a config names
+    (written first if needed, with the run's tokenizer so the model reads them as trained). The
+    item table must come from the run's tokenizer: another one would number tokens otherwise."""
+    from mlrec.config import load_config
+    from mlrec.data.layout import MANIFEST, TOKENIZER_DIR, load_manifest
+    from mlrec.data.shards import ShardInputs, build_shards
+
+    if data is None:
+        return cfg.shards_dir
+    if (data / MANIFEST).is_file():
+        shards_dir = data
+    else:
+        other = load_config(data, [f"model.tokenizer={cfg.shards_dir / TOKENIZER_DIR}"])
+        build_shards(ShardInputs.of(other))
+        shards_dir = other.shards_dir
+    ours = load_manifest(cfg.shards_dir)["tokenizer"]["sha256"]
+    theirs = load_manifest(shards_dir)["tokenizer"]["sha256"]
+    if ours != theirs:
+        raise ConfigError(
+            f"--data {data}: its shards ({shards_dir}) were tokenised with another tokenizer "
+            f"than the run's ({cfg.shards_dir / TOKENIZER_DIR}); shard it with "
+            f"model.tokenizer={cfg.shards_dir / TOKENIZER_DIR}"
+        )
+    return shards_dir
+
+
+def evaluate(
+    cfg: Config,
+    *,
+    checkpoint: str | None = None,
+    data: Path | None = None,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """A checkpoint of the run (latest by default) on its dev sets or on other dev data, with
+    the baselines and the transfer report, written to `out` (default <run_dir>/eval)."""
+    from mlrec.data.layout import load_manifest
+    from mlrec.evaluation.ranking import evaluate as score
+    from mlrec.train.trainer import build_accelerator, close_accelerator
+
+    model, _ = trained_model(cfg, checkpoint)
+    shards_dir = evaluation_shards(cfg, data)
+    accelerator = build_accelerator(cfg)
+    try:
+        return score(
+            model.to(accelerator.device),
+            accelerator,
+            shards_dir,
+            load_manifest(shards_dir)["tokenizer"]["pad_token_id"],
+            batch_size=cfg.eval.batch_size,
+            max_history=cfg.data.max_history,
+            max_impressions=cfg.eval.max_impressions,
+            out_dir=out or Path(cfg.run_dir) / "eval",
+            baselines=baselines(cfg, shards_dir),
+            reference_language=cfg.eval.reference_language,
+        )
+    finally:
+        close_accelerator(accelerator)
 
 
 def export(cfg: Config) -> Path:
@@ -170,7 +278,7 @@ def xling(cfg: Config) -> Path:
     """xMIND's transfer protocol: the corpus rewritten for ZS-/FS-XLT (mlrec.data.xling)."""
     from mlrec.data.xling import rewrite_corpus
 
-    return rewrite_corpus(cfg)
+    return rewrite_corpus(cfg.xling, cfg.data, cfg.corpus_dir, cfg.run_dir)
 
 
 def serve(cfg: Config) -> None:

@@ -37,3 +37,22 @@ def checkpoint_dirs(root: str | Path) -> list[Path]:
 def latest_checkpoint(root: str | Path) -> Path | None:
     found = checkpoint_dirs(root)
     return found[-1] if found else None
+
+
+def find_checkpoint(root: str | Path, which: str | Path | None = None) -> Path:
+    """The latest complete checkpoint (`which` None or "latest"), the one of a step ("300"), or
+    a checkpoint folder; a clear FileNotFoundError naming what exists otherwise."""
+    root = Path(root)
+    found = checkpoint_dirs(root)
+    if which is None or str(which) == "latest":
+        if not found:
+            raise FileNotFoundError(f"no checkpoint under {root}: train first with `mlrec train`")
+        return found[-1]
+    # a step number names a folder of this run; anything else is a folder path
+    path = root / f"{PREFIX}{int(which):08d}" if str(which).isdigit() else Path(which)
+    if not (path / STATE_FILE).is_file():
+        steps = ", ".join(str(int(p.name[len(PREFIX) :])) for p in found) or "none"
+        raise FileNotFoundError(
+            f"{path} is not a complete checkpoint (checkpoints of steps under {root}: {steps})"
+        )
+    return path

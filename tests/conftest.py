@@ -20,11 +20,11 @@ TINY = REPO / "configs" / "debug" / "tiny.yaml"
 def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Shards of the tiny debug corpus, shared read-only by the tests that only read them."""
     from mlrec.config import load_config
-    from mlrec.data.shards import build_shards
+    from mlrec.data.shards import ShardInputs, build_shards
 
     root = tmp_path_factory.mktemp("tiny")
     cfg = load_config(TINY, [f"run_dir={root}"])
-    build_shards(cfg, progress=False)
+    build_shards(ShardInputs.of(cfg), progress=False)
     return cfg.shards_dir
 
 

@@ -33,10 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARD_CHILD = """
 import json, resource, sys, time
 from mlrec.config import load_config
-from mlrec.data.shards import build_shards
+from mlrec.data.shards import ShardInputs, build_shards
 cfg = load_config(None, sys.argv[1:])
 start = time.perf_counter()
-manifest = build_shards(cfg, progress=False)
+manifest = build_shards(ShardInputs.of(cfg), progress=False)
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "impressions": sum(s["rows"] for s in manifest["splits"].values()),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
@@ -164,10 +164,10 @@ def generate_corpora(work: Path, base: int) -> tuple[dict[int, Path], dict[str, 
 
 def train_tokenizer(work: Path, corpus: Path) -> Path:
     """One tokenizer for both sizes: the benchmark measures sharding, not tokenizer training."""
-    from mlrec.data.items import build_items
+    from mlrec.data.shards import ShardInputs, item_table
 
     cfg = load_config(None, [f"run_dir={work / 'tok'}", "data.source=mind", f"data.dir={corpus}"])
-    build_items(cfg, cfg.shards_dir, progress=False)
+    item_table(ShardInputs.of(cfg), progress=False)
     return cfg.shards_dir / "tokenizer"
 
 

@@ -63,7 +63,7 @@ def build_export(root: Path, shape: list[str]) -> tuple[Path, dict]:
     """Shards, an untrained encoder of this shape, and its full export (parity included)."""
     from mlrec.config import load_config
     from mlrec.data.layout import TOKENIZER_DIR, load_manifest
-    from mlrec.data.shards import build_shards
+    from mlrec.data.shards import ShardInputs, build_shards
     from mlrec.data.tokenizer import load_tokenizer
     from mlrec.export.hf import export_model
     from mlrec.export.onnx_models import export_onnx
@@ -71,7 +71,7 @@ def build_export(root: Path, shape: list[str]) -> tuple[Path, dict]:
     from mlrec.models.recommender import build_recommender
 
     cfg = load_config(TINY, [f"run_dir={root}", *shape])
-    build_shards(cfg, progress=False)
+    build_shards(ShardInputs.of(cfg), progress=False)
     tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
     pad_id = load_manifest(cfg.shards_dir)["tokenizer"]["pad_token_id"]
     model = build_recommender(cfg.model, len(tokenizer), pad_id).eval()

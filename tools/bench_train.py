@@ -57,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mlrec.config import Config, ConfigError, load_config
 from mlrec.data.corpus import behaviors_file, news_files
 from mlrec.data.mind import read_behaviors, read_news
-from mlrec.data.shards import build_shards
+from mlrec.data.shards import ShardInputs, build_shards
 from mlrec.models import fused_lora
 from mlrec.models.fused_lora import fuse_lora, unfuse_lora
 from mlrec.train.trainer import Trainer
@@ -85,13 +85,14 @@ class NaiveDataset(Dataset):
         self.max_history = cfg.data.max_history
         self.titles = {
             (item.nid, lang): item.title
-            for lang, paths in news_files(cfg).items()
+            for lang, paths in news_files(cfg.data, cfg.corpus_dir).items()
             for path in paths
             for item in read_news(path, lang)
         }
         rng = np.random.default_rng(seed)
         self.samples = []
-        for _, imp in read_behaviors(behaviors_file(cfg, "train"), cfg.data.default_language):
+        train = behaviors_file(cfg.data, cfg.corpus_dir, "train")
+        for _, imp in read_behaviors(train, cfg.data.default_language):
             negs = [c for c, y in zip(imp.candidates, imp.labels, strict=True) if not y]
             for pos in (c for c, y in zip(imp.candidates, imp.labels, strict=True) if y):
                 if negs:
@@ -411,7 +412,7 @@ def main() -> None:
     rounds, steps = (8, 3) if args.quick else (16, 4)
     cfg = bench_config(parser, args, Path(tempfile.mkdtemp(prefix="bench-train-")))
     start = time.perf_counter()
-    build_shards(cfg, progress=False)
+    build_shards(ShardInputs.of(cfg), progress=False)
     print(f"shards built in {time.perf_counter() - start:.0f} s", flush=True)
     arms = Arms(cfg)
     warm_up(arms)

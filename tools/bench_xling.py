@@ -162,9 +162,10 @@ def bench_transfer(work: Path, s: dict[str, Any]) -> dict[str, Any]:
     base = corpus_overrides(work, s)
     corpus_cfg = load_config(None, [f"run_dir={work / 'zs'}", *base])
     pipeline.data(corpus_cfg)
-    xling = rewrite_corpus(
-        load_config(None, [f"run_dir={work / 'zs'}", *base, f"xling.out_dir={work / 'zs-corpus'}"])
+    zs_cfg = load_config(
+        None, [f"run_dir={work / 'zs'}", *base, f"xling.out_dir={work / 'zs-corpus'}"]
     )
+    xling = rewrite_corpus(zs_cfg.xling, zs_cfg.data, zs_cfg.corpus_dir, zs_cfg.run_dir)
     zs = ["data.source=mind", f"data.dir={xling}", f"train.steps={s['rec_steps']}"]
     runs: dict[str, Any] = {}
 

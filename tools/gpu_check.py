@@ -61,7 +61,7 @@ def check_bf16_training(work: Path, steps: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from mlrec.config import load_config
-    from mlrec.data.shards import build_shards
+    from mlrec.data.shards import ShardInputs, build_shards
     from mlrec.models.fused_lora import fuse_lora, unfuse_lora
     from mlrec.train.trainer import Trainer
 
@@ -69,7 +69,7 @@ def check_bf16_training(work: Path, steps: int) -> dict:
         None,
         [f"run_dir={work / 'bf16'}", *BASE, "train.mixed_precision=bf16", f"train.steps={steps}"],
     )
-    build_shards(cfg, progress=False)
+    build_shards(ShardInputs.of(cfg), progress=False)
     trainer = Trainer(cfg)
     batches = trainer.batches()
     trainer.model.train()

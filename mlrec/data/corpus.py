@@ -1,4 +1,8 @@
-"""Locating (and, for the built-in corpus, generating) the MIND-format files a config names."""
+"""Locating (and, for the built-in corpus, generating) the MIND-format files a config names.
+
+Each function takes the data section and the corpus folder `root` (`Config.corpus_dir`:
+`data.dir`, or `<run_dir>/corpus`), the paths in the section being relative to it.
+"""
 
 from __future__ import annotations
 
@@ -7,33 +11,31 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlrec.config import Config, ConfigError
+from mlrec.config import ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
 
 
-def prepare_corpus(cfg: Config) -> Path:
-    """Return the corpus folder, generating the synthetic corpus (or fetching and converting
-    the Debian catalog) there on first use."""
-    root = cfg.corpus_dir
-    if cfg.data.source == "debian" and not (root / "corpus.json").is_file():
+def prepare_corpus(data: DataConfig, root: Path) -> Path:
+    """Return the corpus folder `root`, generating the synthetic corpus (or fetching and
+    converting the Debian catalog) there on first use."""
+    if data.source == "debian" and not (root / "corpus.json").is_file():
         from mlrec.data.debian import prepare_catalog
 
-        prepare_catalog(cfg, root)
-    if cfg.data.source == "synthetic" and not (root / "corpus.json").is_file():
+        prepare_catalog(data.debian, root)
+    if data.source == "synthetic" and not (root / "corpus.json").is_file():
         from mlrec.data.synthetic import generate_corpus
 
         log.info("generating the synthetic corpus in %s", root)
         # the section's fields are the generator's arguments, one for one
-        generate_corpus(root, **dataclasses.asdict(cfg.data.synthetic), progress=True)
+        generate_corpus(root, **dataclasses.asdict(data.synthetic), progress=True)
     return root
 
 
-def news_files(cfg: Config) -> dict[str, list[Path]]:
-    """Language -> news.tsv files, from `data.news` or the folder's layout."""
-    root = cfg.corpus_dir
-    if cfg.data.news:
-        return {lang: [root / rel for rel in rels] for lang, rels in cfg.data.news.items()}
+def news_files(data: DataConfig, root: Path) -> dict[str, list[Path]]:
+    """Language -> news.tsv files, from `data.news` or the layout of the folder `root`."""
+    if data.news:
+        return {lang: [root / rel for rel in rels] for lang, rels in data.news.items()}
     per_language = sorted((root / "news").glob("*.tsv"))
     if per_language:
         return {p.stem: [p] for p in per_language}
@@ -42,16 +44,16 @@ def news_files(cfg: Config) -> dict[str, list[Path]]:
         return {p.parent.name: [p] for p in folders}
     mind = [p for p in (root / "train/news.tsv", root / "dev/news.tsv") if p.is_file()]
     if mind:
-        return {cfg.data.default_language: mind}
+        return {data.default_language: mind}
     raise ConfigError(
         f"data.news: no news files found in {root} (looked for news/<lang>.tsv, "
         "news/<lang>/news.tsv and train/news.tsv); list them as data.news: {lang: [path, ...]}"
     )
 
 
-def behaviors_file(cfg: Config, split: str) -> Path:
-    rel = {"train": cfg.data.train_behaviors, "dev": cfg.data.dev_behaviors}[split]
-    return cfg.corpus_dir / rel
+def behaviors_file(data: DataConfig, root: Path, split: str) -> Path:
+    rel = {"train": data.train_behaviors, "dev": data.dev_behaviors}[split]
+    return root / rel
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Behaviors:
     language: str  # the language of item refs written without "@lang"
 
 
-def behaviors_files(cfg: Config) -> list[Behaviors]:
+def behaviors_files(data: DataConfig, root: Path) -> list[Behaviors]:
     """The training file, then the dev sets in name order.
 
     Dev sets are `data.dev_sets` (name -> file; a set named by one of the corpus' languages
@@ -75,9 +77,8 @@ def behaviors_files(cfg: Config) -> list[Behaviors]:
     each read in its own language. A plain id is never read in a language the user did not name
     (by the set's name, its folder, or `data.default_language`).
     """
-    root, data = cfg.corpus_dir, cfg.data
     files = [Behaviors("train", root / data.train_behaviors, data.default_language)]
-    languages = set(news_files(cfg))
+    languages = set(news_files(data, root))
     if data.dev_sets:
         for name, rel in sorted(data.dev_sets.items()):
             lang = name if name in languages else data.default_language

@@ -72,7 +72,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from mlrec.config import Config
+from mlrec.config import DebianCatalogConfig
 from mlrec.data.rows import DataError
 
 log = logging.getLogger(__name__)
@@ -597,9 +597,9 @@ def _corpus_counts(
     }
 
 
-def prepare_catalog(cfg: Config, root: Path) -> dict[str, Any]:
-    """`mlrec data` for `data.source: debian`: fetch the lists (unless cached), convert them."""
-    deb = cfg.data.debian
+def prepare_catalog(deb: DebianCatalogConfig, root: Path) -> dict[str, Any]:
+    """`mlrec data` for `data.source: debian`: fetch the lists (unless cached) and convert them
+    into the corpus folder `root`."""
     lists = fetch_lists(deb.lists_dir or root / "apt-lists", deb.languages)
     meta = convert(
         lists,

@@ -24,11 +24,12 @@ import numpy as np
 from tqdm import tqdm
 
 from mlrec import io
-from mlrec.config import Config
+from mlrec.config import DataConfig
 from mlrec.data.corpus import news_files
 from mlrec.data.layout import ITEM_INDEX, ITEM_TOKENS, ITEMS_DIR, ITEMS_RECORD, TOKENIZER_DIR
 from mlrec.data.mind import NewsItem, read_news
 from mlrec.data.rows import UNKNOWN_ITEM, DataError, RowLog
+from mlrec.data.tokenizer import TokenizerSpec, load_tokenizer, train_tokenizer
 from mlrec.io import file_record, sha256
 from mlrec.languages import ItemKey
 
@@ -92,29 +93,27 @@ def kept_items(
                 yield item
 
 
-def fingerprint(cfg: Config, sources: dict[str, list[dict[str, Any]]]) -> str:
+def fingerprint(
+    data: DataConfig, tokenizer: TokenizerSpec, sources: dict[str, list[dict[str, Any]]]
+) -> str:
     """What the item table depends on; a finished table with the same one is reused."""
-    data, model = cfg.data, cfg.model
     inputs = {
         "sources": sources,
         "text_fields": data.text_fields,
         "max_item_tokens": data.max_item_tokens,
         "on_error": data.on_error,
-        "tokenizer": model.tokenizer or model.name_or_path,
-        "vocab_size": model.vocab_size,
+        "tokenizer": tokenizer.source,
+        "vocab_size": tokenizer.vocab_size,
     }
     return io.fingerprint(inputs)
 
 
-def _tokenizer(cfg: Config, texts: Iterator[str], out: Path) -> tuple[Any, dict[str, str]]:
-    from mlrec.data.tokenizer import load_tokenizer, train_tokenizer
-
-    source = cfg.model.tokenizer or cfg.model.name_or_path
-    if source:
-        tok = load_tokenizer(source, trust_remote_code=cfg.model.trust_remote_code)
+def _tokenizer(spec: TokenizerSpec, texts: Iterator[str], out: Path) -> tuple[Any, dict[str, str]]:
+    if spec.source:
+        tok = load_tokenizer(spec.source, trust_remote_code=spec.trust_remote_code)
         tok.save_pretrained(str(out))
-        return tok, {"source": source}
-    tok = train_tokenizer(texts, cfg.model.vocab_size, out)
+        return tok, {"source": spec.source}
+    tok = train_tokenizer(texts, spec.vocab_size, out)
     return tok, {"source": "trained on this corpus", "vocab_size": str(len(tok))}
 
 
@@ -138,42 +137,22 @@ def _encode(tok: Any, texts: list[str], max_len: int) -> np.ndarray:
     return block
 
 
-def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Write tokenizer/ and items/ under `out` (or reuse them); returns items/items.json."""
-    files = news_files(cfg)
-    sources = {lang: [file_record(p) for p in ps] for lang, ps in sorted(files.items())}
-    key = fingerprint(cfg, sources)
-    record_path = out / ITEMS_RECORD
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
-        if record["fingerprint"] == key:
-            log.info("item table up to date: %s", out / ITEMS_DIR)
-            return record
-    # Build beside the final folders and rename them in place when complete, so an interrupted
-    # run never leaves a table that looks finished (items.json is the completion mark).
-    tmp = out / ".items-tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / ITEMS_DIR).mkdir(parents=True)
-    categories = Categories(files)
-    rows = RowLog(cfg.data.on_error)
-    per_language = Counter(item.lang for item in kept_items(files, categories, rows))
-    count = sum(per_language.values())
-    if not count:
-        raise DataError(f"no usable news rows in {', '.join(str(p) for p in sorted(files))}")
-
-    def quiet_items() -> Iterator[NewsItem]:
-        return kept_items(files, categories, RowLog("skip", warn=False))
-
-    fields = cfg.data.text_fields
-    tok, tok_info = _tokenizer(cfg, (i.text(fields) for i in quiet_items()), tmp / TOKENIZER_DIR)
-    max_len = cfg.data.max_item_tokens
-    table = np.lib.format.open_memmap(
-        tmp / ITEM_TOKENS, mode="w+", dtype=np.int32, shape=(count, max_len)
-    )
+def _write_table(
+    tmp: Path,
+    tok: Any,
+    items: Iterator[NewsItem],
+    shape: tuple[int, int],
+    fields: list[str],
+    progress: bool,
+) -> None:
+    """items/tokens.npy (`shape`: rows, tokens) and items/index.tsv under `tmp`, in `items`'
+    order; the table is written through a memory map, a batch of rows at a time."""
+    count, max_len = shape
+    table = np.lib.format.open_memmap(tmp / ITEM_TOKENS, mode="w+", dtype=np.int32, shape=shape)
     bar = tqdm(total=count, desc="tokenising items", disable=not progress, unit="item")
     with open(tmp / ITEM_INDEX, "w", encoding="utf-8") as index:
         row, batch = 0, []
-        for item in chain(quiet_items(), [None]):  # None flushes the last batch
+        for item in chain(items, [None]):  # None flushes the last batch
             if item is not None:
                 batch.append(item)
                 index.write(
@@ -189,6 +168,46 @@ def build_items(cfg: Config, out: Path, progress: bool = True) -> dict[str, Any]
     bar.close()
     table.flush()
     del table
+
+
+def build_items(
+    data: DataConfig,
+    corpus_dir: Path,
+    tokenizer: TokenizerSpec,
+    out: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write tokenizer/ and items/ under `out` (or reuse them) for the news files of the corpus
+    folder `corpus_dir`; returns items/items.json."""
+    files = news_files(data, corpus_dir)
+    sources = {lang: [file_record(p) for p in ps] for lang, ps in sorted(files.items())}
+    key = fingerprint(data, tokenizer, sources)
+    record_path = out / ITEMS_RECORD
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record["fingerprint"] == key:
+            log.info("item table up to date: %s", out / ITEMS_DIR)
+            return record
+    # Build beside the final folders and rename them in place when complete, so an interrupted
+    # run never leaves a table that looks finished (items.json is the completion mark).
+    tmp = out / ".items-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / ITEMS_DIR).mkdir(parents=True)
+    categories = Categories(files)
+    rows = RowLog(data.on_error)
+    per_language = Counter(item.lang for item in kept_items(files, categories, rows))
+    count = sum(per_language.values())
+    if not count:
+        raise DataError(f"no usable news rows in {', '.join(str(p) for p in sorted(files))}")
+
+    def quiet_items() -> Iterator[NewsItem]:
+        return kept_items(files, categories, RowLog("skip", warn=False))
+
+    fields = data.text_fields
+    texts = (i.text(fields) for i in quiet_items())
+    tok, tok_info = _tokenizer(tokenizer, texts, tmp / TOKENIZER_DIR)
+    max_len = data.max_item_tokens
+    _write_table(tmp, tok, quiet_items(), (count, max_len), fields, progress)
     record = {
         "fingerprint": key,
         "count": count,

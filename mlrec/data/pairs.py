@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlrec.config import Config, ConfigError
+from mlrec.config import AlignConfig, ConfigError, DataConfig
 from mlrec.data.corpus import news_files, prepare_corpus
 from mlrec.data.mind import read_news
 from mlrec.data.parallel import Pair, mo_pairs, read_parallel_tsv
@@ -42,12 +42,12 @@ def mo_language(path: Path) -> str:
     return path.stem
 
 
-def corpus_pairs(cfg: Config, src_lang: str) -> list[Pair]:
+def corpus_pairs(data: DataConfig, corpus_dir: Path, src_lang: str) -> list[Pair]:
     """Titles of one news id in the source language and each other language of the corpus."""
-    prepare_corpus(cfg)
+    prepare_corpus(data, corpus_dir)
     quiet = RowLog("skip", warn=False)
     titles: dict[str, dict[str, str]] = defaultdict(dict)
-    for lang, paths in news_files(cfg).items():
+    for lang, paths in news_files(data, corpus_dir).items():
         for path in paths:
             for item in read_news(path, lang, quiet):
                 titles[lang].setdefault(item.nid, item.title)
@@ -66,14 +66,15 @@ def corpus_pairs(cfg: Config, src_lang: str) -> list[Pair]:
     ]
 
 
-def source_pairs(cfg: Config, source: str) -> list[Pair]:
-    """The pairs one entry of `align.sources` names."""
-    src_lang = cfg.align.source_language
+def source_pairs(align: AlignConfig, data: DataConfig, corpus_dir: Path, source: str) -> list[Pair]:
+    """The pairs one entry of `align.sources` names ("corpus": the corpus of `data` in
+    `corpus_dir`; `data.on_error` also applies to the rows of a .tsv)."""
+    src_lang = align.source_language
     if source == "corpus":
-        return corpus_pairs(cfg, src_lang)
+        return corpus_pairs(data, corpus_dir, src_lang)
     path = Path(source)
     if path.suffix == ".tsv" and path.is_file():
-        return list(read_parallel_tsv(path, RowLog(cfg.data.on_error)))
+        return list(read_parallel_tsv(path, RowLog(data.on_error)))
     catalogs = [path] if path.suffix == ".mo" and path.is_file() else sorted(path.rglob("*.mo"))
     if not path.exists() or not catalogs:
         raise ConfigError(
@@ -91,19 +92,19 @@ def _heldout_rank(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_pairs(cfg: Config) -> ParallelSet:
-    """Every configured source, filtered, de-duplicated, split into train and held-out pairs."""
-    acfg = cfg.align
-    wanted = set(acfg.languages)
+def load_pairs(align: AlignConfig, data: DataConfig, corpus_dir: Path) -> ParallelSet:
+    """Every source of `align.sources` (the corpus: `data`'s in `corpus_dir`), filtered,
+    de-duplicated, split into train and held-out pairs."""
+    wanted = set(align.languages)
     seen: set[tuple[str, str]] = set()
     by_lang: dict[str, list[Pair]] = defaultdict(list)
-    for source in acfg.sources:
-        for pair in source_pairs(cfg, source):
-            if pair.src_lang != acfg.source_language or pair.tgt_lang == pair.src_lang:
+    for source in align.sources:
+        for pair in source_pairs(align, data, corpus_dir, source):
+            if pair.src_lang != align.source_language or pair.tgt_lang == pair.src_lang:
                 continue
             if wanted and pair.tgt_lang not in wanted:
                 continue
-            if "%" in pair.source or _word_count(pair.source) < acfg.min_words:
+            if "%" in pair.source or _word_count(pair.source) < align.min_words:
                 continue  # printf placeholders and menu labels are not sentences
             if pair.source == pair.target or (pair.tgt_lang, pair.source) in seen:
                 continue
@@ -111,7 +112,7 @@ def load_pairs(cfg: Config) -> ParallelSet:
             by_lang[pair.tgt_lang].append(pair)
     if not by_lang:
         raise ConfigError(
-            f"align.sources {acfg.sources} give no {acfg.source_language}->X pairs"
+            f"align.sources {align.sources} give no {align.source_language}->X pairs"
             + (f" for align.languages {sorted(wanted)}" if wanted else "")
         )
     # hash order is the same in every language, so multi-parallel sources (gettext) hold out
@@ -120,10 +121,10 @@ def load_pairs(cfg: Config) -> ParallelSet:
     heldout: dict[str, list[Pair]] = {}
     for lang, pairs in sorted(by_lang.items()):
         pairs.sort(key=lambda p: _heldout_rank(p.source))
-        heldout[lang] = pairs[: acfg.heldout_per_language]
-        kept = pairs[acfg.heldout_per_language :]
-        if acfg.max_pairs_per_language:
-            kept = kept[: acfg.max_pairs_per_language]
+        heldout[lang] = pairs[: align.heldout_per_language]
+        kept = pairs[align.heldout_per_language :]
+        if align.max_pairs_per_language:
+            kept = kept[: align.max_pairs_per_language]
         train.extend(kept)
     # a source sentence held out in one language is never trained in another
     held_anywhere = {p.source for pairs in heldout.values() for p in pairs}

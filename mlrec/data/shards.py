@@ -25,7 +25,7 @@ from array import array
 from bisect import bisect_right
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -34,18 +34,32 @@ import numpy as np
 from tqdm import tqdm
 
 from mlrec import io
-from mlrec.config import Config
+from mlrec.config import Config, DataConfig
 from mlrec.data.corpus import Behaviors, behaviors_files, prepare_corpus
 from mlrec.data.items import build_items
 from mlrec.data.layout import ITEMS_RECORD, MANIFEST, item_keys
 from mlrec.data.rows import DUPLICATE_IMPRESSION, DataError, RowLog
 from mlrec.data.samples import SampleEncoder
 from mlrec.data.tars import TarWriter
+from mlrec.data.tokenizer import TokenizerSpec
 from mlrec.io import file_record
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ShardInputs:
+    """What sharding reads of a config: the data section, the corpus and shards folders (as
+    `Config` resolves them against the run directory) and the item table's tokenizer."""
+
+    data: DataConfig
+    corpus_dir: Path
+    shards_dir: Path
+    tokenizer: TokenizerSpec
+
+    @classmethod
+    def of(cls, cfg: Config) -> ShardInputs:
+        return cls(cfg.data, cfg.corpus_dir, cfg.shards_dir, TokenizerSpec.from_model(cfg.model))
 
 
 @dataclass(frozen=True)
@@ -116,14 +130,14 @@ def repeated_impressions(path: Path) -> dict[int, tuple[int, int]]:
 
 
 def _unit_fingerprint(
-    cfg: Config, items_key: str, source: dict[str, Any], behaviors: Behaviors
+    data: DataConfig, items_key: str, source: dict[str, Any], behaviors: Behaviors
 ) -> str:
     inputs = [
         items_key,
         source["sha256"],
-        cfg.data.shard_max_samples,
+        data.shard_max_samples,
         behaviors.language,
-        cfg.data.on_error,
+        data.on_error,
     ]
     return io.fingerprint(inputs)
 
@@ -212,8 +226,8 @@ def write_unit(job: UnitJob) -> dict[str, Any]:
     return record
 
 
-def _items_record(cfg: Config) -> dict[str, Any]:
-    path = cfg.shards_dir / ITEMS_RECORD
+def _items_record(shards_dir: Path) -> dict[str, Any]:
+    path = shards_dir / ITEMS_RECORD
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: build the item table first with `mlrec shard --items`"
@@ -221,27 +235,28 @@ def _items_record(cfg: Config) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def unit_jobs(cfg: Config) -> dict[str, Any]:
+def unit_jobs(inputs: ShardInputs) -> dict[str, Any]:
     """Per split: the source record, its row count and the jobs of its units."""
-    items_key = _items_record(cfg)["fingerprint"]
+    data = inputs.data
+    items_key = _items_record(inputs.shards_dir)["fingerprint"]
     plan: dict[str, Any] = {}
-    for behaviors in behaviors_files(cfg):
+    for behaviors in behaviors_files(data, inputs.corpus_dir):
         split, path = behaviors.split, behaviors.path
         source = file_record(path)
-        units, rows = plan_units(path, split, cfg.data.shard_max_samples)
+        units, rows = plan_units(path, split, data.shard_max_samples)
         repeated = repeated_impressions(path)
-        if repeated and cfg.data.on_error == "strict":
+        if repeated and data.on_error == "strict":
             number = min(repeated)
             raise _repeated_error(path, number, *repeated[number])
-        key = _unit_fingerprint(cfg, items_key, source, behaviors)
+        key = _unit_fingerprint(data, items_key, source, behaviors)
         jobs = [
             UnitJob(
                 u,
                 path,
-                cfg.shards_dir,
-                cfg.data.shard_max_samples,
+                inputs.shards_dir,
+                data.shard_max_samples,
                 behaviors.language,
-                cfg.data.on_error,
+                data.on_error,
                 key,
                 items_key,
                 unit_repeats,
@@ -276,34 +291,41 @@ def write_units(jobs: list[UnitJob], workers: int, progress: bool) -> None:
     bar.close()
 
 
-def shard_slice(cfg: Config, index: int, count: int, progress: bool = True) -> int:
+def shard_slice(inputs: ShardInputs, index: int, count: int, progress: bool = True) -> int:
     """Write the units j with j % count == index (over both splits); returns how many."""
-    plan = unit_jobs(cfg)
+    plan = unit_jobs(inputs)
     jobs = [job for split in plan for job in plan[split]["jobs"]][index::count]
     write_units(jobs, 1, progress)
     return len(jobs)
 
 
-def merge_shards(cfg: Config) -> dict[str, Any]:
+def _unit_records(out: Path, jobs: list[UnitJob]) -> list[dict[str, Any]]:
+    """The records of the units of `jobs`, each checked to be written for the current inputs."""
+    records = []
+    for job in jobs:
+        path = out / f"{job.unit.name}.json"
+        record = json.loads(path.read_text()) if path.is_file() else None
+        if record is None or record["fingerprint"] != job.fingerprint:
+            raise FileNotFoundError(
+                f"{path}: unit not written for the current inputs; run the missing "
+                "`mlrec shard --slice I/N` tasks (or `mlrec shard`) again"
+            )
+        records.append(record)
+    return records
+
+
+def merge_shards(inputs: ShardInputs) -> dict[str, Any]:
     """Check every unit is written, remove leftovers, and write manifest.json."""
-    out = cfg.shards_dir
-    items = _items_record(cfg)
-    plan = unit_jobs(cfg)
-    rows = RowLog(cfg.data.on_error)
+    out = inputs.shards_dir
+    items = _items_record(out)
+    plan = unit_jobs(inputs)
+    rows = RowLog(inputs.data.on_error)
     rows.merge(items["rows"]["files"])
     splits: dict[str, Any] = {}
     wanted: set[str] = set()
     for split in plan:
-        records = []
-        for job in plan[split]["jobs"]:
-            path = out / f"{job.unit.name}.json"
-            record = json.loads(path.read_text()) if path.is_file() else None
-            if record is None or record["fingerprint"] != job.fingerprint:
-                raise FileNotFoundError(
-                    f"{path}: unit not written for the current inputs; run the missing "
-                    "`mlrec shard --slice I/N` tasks (or `mlrec shard`) again"
-                )
-            records.append(record)
+        records = _unit_records(out, plan[split]["jobs"])
+        for record in records:
             rows.merge(record["rows"])
         shards = [s for r in records for s in r["shards"]]
         wanted |= {f"{r['unit']}.json" for r in records} | {s["name"] for s in shards}
@@ -333,7 +355,7 @@ def merge_shards(cfg: Config) -> dict[str, Any]:
         | {"news_files": items["news_files"]},
         "splits": splits,
         "rows": rows.summary(),
-        "config": cfg.to_dict()["data"],
+        "config": asdict(inputs.data),  # as Config.to_dict() writes the section
     }
     io.write_json(out / MANIFEST, manifest, indent=2, ensure_ascii=False)
     skipped = rows.skipped_total()
@@ -352,11 +374,19 @@ def merge_shards(cfg: Config) -> dict[str, Any]:
     return manifest
 
 
-def build_shards(cfg: Config, progress: bool = True, workers: int = 1) -> dict[str, Any]:
+def item_table(inputs: ShardInputs, progress: bool = True) -> dict[str, Any]:
+    """The corpus (made on first use) and its item table in the shards folder (`mlrec shard
+    --items`, the step every slice reads); returns items/items.json."""
+    prepare_corpus(inputs.data, inputs.corpus_dir)
+    inputs.shards_dir.mkdir(parents=True, exist_ok=True)
+    return build_items(
+        inputs.data, inputs.corpus_dir, inputs.tokenizer, inputs.shards_dir, progress
+    )
+
+
+def build_shards(inputs: ShardInputs, progress: bool = True, workers: int = 1) -> dict[str, Any]:
     """Item table, every unit (in `workers` processes), then the manifest."""
-    prepare_corpus(cfg)
-    cfg.shards_dir.mkdir(parents=True, exist_ok=True)
-    build_items(cfg, cfg.shards_dir, progress)
-    plan = unit_jobs(cfg)
+    item_table(inputs, progress)
+    plan = unit_jobs(inputs)
     write_units([job for split in plan for job in plan[split]["jobs"]], workers, progress)
-    return merge_shards(cfg)
+    return merge_shards(inputs)

@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from mlrec.config import ConfigError
+
+# transformers takes seconds to import: the functions below import it on use, so that modules
+# which only pass a TokenizerSpec on (the data stage, shard slices, the merge) start fast.
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+    from mlrec.config import ModelConfig
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -24,6 +34,20 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 # run, which changed the item table, and with it a trained model's scores, on every re-shard.
 _TRAIN_THREADS = 1
 _MAX_SENTENCES = 2_000_000  # SentencePiece samples this many (seeded) from a larger corpus
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """The item table's tokenizer: all that the data layer reads of `cfg.model`."""
+
+    source: str  # a Hugging Face id or folder; "" trains one on the corpus
+    vocab_size: int  # of the tokenizer trained when `source` is ""
+    trust_remote_code: bool
+
+    @classmethod
+    def from_model(cls, model: ModelConfig) -> TokenizerSpec:
+        source = model.tokenizer or model.name_or_path  # the model's own unless one is named
+        return cls(source, model.vocab_size, model.trust_remote_code)
 
 
 def train_tokenizer(
@@ -61,7 +85,7 @@ def train_tokenizer(
     except RuntimeError as err:
         if "Vocabulary size" not in str(err):
             raise
-        raise ValueError(
+        raise ConfigError(
             f"model.vocab_size={vocab_size} cannot hold every character of the corpus (CJK text "
             f"brings thousands); raise model.vocab_size ({err})"
         ) from err
@@ -82,6 +106,8 @@ def xlmr_style(
 ) -> PreTrainedTokenizerFast:
     """`tok` as a Hugging Face tokenizer framing text as XLM-R does (`<s> A </s>`), with
     XLM-R's special token names (`<s>`, `</s>`, `<unk>`, `<pad>`) at the given ids."""
+    from transformers import PreTrainedTokenizerFast
+
     tok.post_processor = TemplateProcessing(
         single="<s> $A </s>",
         pair="<s> $A </s> </s> $B </s>",
@@ -103,4 +129,6 @@ def xlmr_style(
 def load_tokenizer(
     name_or_path: str | Path, trust_remote_code: bool = False
 ) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlrec.config import Config, ConfigError
+from mlrec.config import ConfigError, DataConfig, XlingConfig
 from mlrec.data.corpus import behaviors_file, news_files, prepare_corpus
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 RECORD = "xling.json"
 
 
-def out_dir(cfg: Config) -> Path:
-    return Path(cfg.xling.out_dir) if cfg.xling.out_dir else Path(cfg.run_dir) / "xling-corpus"
+def out_dir(xling: XlingConfig, run_dir: str | Path) -> Path:
+    return Path(xling.out_dir) if xling.out_dir else Path(run_dir) / "xling-corpus"
 
 
 def _unit(*parts: object) -> float:
@@ -53,25 +53,28 @@ def _rewrite_row(line: str, history_lang, candidate_lang, imp_id: int) -> str:
     return "\t".join([str(imp_id), cols[1], cols[2], " ".join(history), " ".join(impressions)])
 
 
-def rewrite_corpus(cfg: Config) -> Path:
-    """Write the protocol's corpus (see the module docstring); returns its folder."""
-    xcfg = cfg.xling
-    prepare_corpus(cfg)
-    files = news_files(cfg)
-    src, targets = _protocol_languages(cfg, sorted(files))
-    out = out_dir(cfg)
+def rewrite_corpus(
+    xling: XlingConfig, data: DataConfig, corpus_dir: Path, run_dir: str | Path
+) -> Path:
+    """Write the protocol's corpus (see the module docstring) for the corpus of `data` in
+    `corpus_dir`, into `xling.out_dir` (default: under `run_dir`); returns its folder."""
+    prepare_corpus(data, corpus_dir)
+    files = news_files(data, corpus_dir)
+    src, targets = _protocol_languages(xling, sorted(files), corpus_dir)
+    out = out_dir(xling, run_dir)
     _copy_news(files, [src, *targets], out / "news")
-    train_language = _few_shot_language(src, targets, xcfg.few_shot_fraction)
+    train_language = _few_shot_language(src, targets, xling.few_shot_fraction)
+    train, dev = behaviors_file(data, corpus_dir, "train"), behaviors_file(data, corpus_dir, "dev")
     counts: dict[str, Any] = {
-        "train": _rewrite_train(cfg, out, train_language),
-        "dev": _rewrite_dev(cfg, out, src, [src, *targets], xcfg.history_target_fraction),
+        "train": _rewrite_train(train, out, train_language),
+        "dev": _rewrite_dev(dev, out, src, [src, *targets], xling.history_target_fraction),
     }
     record = {
         "source_language": src,
         "target_languages": targets,
-        "few_shot_fraction": xcfg.few_shot_fraction,
-        "history_target_fraction": xcfg.history_target_fraction,
-        "from": str(cfg.corpus_dir),
+        "few_shot_fraction": xling.few_shot_fraction,
+        "history_target_fraction": xling.history_target_fraction,
+        "from": str(corpus_dir),
         "impressions": counts,
     }
     (out / RECORD).write_text(json.dumps(record, indent=2))
@@ -86,15 +89,17 @@ def rewrite_corpus(cfg: Config) -> Path:
     return out
 
 
-def _protocol_languages(cfg: Config, languages: list[str]) -> tuple[str, list[str]]:
-    """The source language and the targets (by default every other language of the corpus);
-    a ConfigError when the corpus has no news file for one of them."""
-    src = cfg.xling.source_language
-    targets = cfg.xling.target_languages or [lang for lang in languages if lang != src]
+def _protocol_languages(
+    xling: XlingConfig, languages: list[str], corpus_dir: Path
+) -> tuple[str, list[str]]:
+    """The source language and the targets (by default every other language of the corpus in
+    `corpus_dir`); a ConfigError when the corpus has no news file for one of them."""
+    src = xling.source_language
+    targets = xling.target_languages or [lang for lang in languages if lang != src]
     missing = [lang for lang in [src, *targets] if lang not in languages]
     if missing:
         raise ConfigError(
-            f"xling: no news/<lang>.tsv for {', '.join(missing)} in {cfg.corpus_dir} "
+            f"xling: no news/<lang>.tsv for {', '.join(missing)} in {corpus_dir} "
             f"(it has {', '.join(languages)})"
         )
     return src, targets
@@ -122,12 +127,13 @@ def _few_shot_language(src: str, targets: list[str], fraction: float) -> Callabl
     return language
 
 
-def _rewrite_train(cfg: Config, out: Path, language: Callable[[str], str]) -> int:
-    """train/behaviors.tsv with every reference in `language(nid)`; returns the rows written."""
+def _rewrite_train(source: Path, out: Path, language: Callable[[str], str]) -> int:
+    """train/behaviors.tsv: the rows of `source` with every reference in `language(nid)`;
+    returns the rows written."""
     (out / "train").mkdir(exist_ok=True)
     written = 0
     with (
-        open(behaviors_file(cfg, "train"), encoding="utf-8") as rows,
+        open(source, encoding="utf-8") as rows,
         open(out / "train" / "behaviors.tsv", "w", encoding="utf-8", newline="\n") as fh,
     ):
         for line in rows:
@@ -138,13 +144,13 @@ def _rewrite_train(cfg: Config, out: Path, language: Callable[[str], str]) -> in
 
 
 def _rewrite_dev(
-    cfg: Config, out: Path, src: str, langs: list[str], history_target_fraction: float
+    source: Path, out: Path, src: str, langs: list[str], history_target_fraction: float
 ) -> dict[str, int]:
-    """dev/behaviors.tsv: every dev impression once per language of `langs`, in that order, with
-    its candidates in that language and `history_target_fraction` of its history (by a hash of
-    row and id) too, the rest in `src`; returns the impressions written per language."""
+    """dev/behaviors.tsv: every impression of `source` once per language of `langs`, in that
+    order, with its candidates in that language and `history_target_fraction` of its history (by
+    a hash of row and id) too, the rest in `src`; returns the impressions written per language."""
     (out / "dev").mkdir(exist_ok=True)
-    dev_text = behaviors_file(cfg, "dev").read_text(encoding="utf-8")
+    dev_text = source.read_text(encoding="utf-8")
     dev_rows = [line for line in dev_text.splitlines() if line.strip()]
     counts: dict[str, int] = {}
     imp_id = 0

@@ -114,7 +114,7 @@ class Aligner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.accelerator = build_accelerator(cfg)
         torch.manual_seed(cfg.seed)
-        self.pairs = load_pairs(cfg)
+        self.pairs = load_pairs(cfg.align, cfg.data, cfg.corpus_dir)
         if not self.pairs.train:
             raise ValueError("no training pairs left after holding out align.heldout_per_language")
         self.teacher = teacher or load_teacher(cfg.align.teacher, cfg.align.teacher_max_tokens)

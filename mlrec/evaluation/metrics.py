@@ -143,3 +143,28 @@ def format_table(metrics: dict[str, Any]) -> str:
     if "limited_to" in metrics:
         lines.append(f"(eval.max_impressions: only the first {metrics['limited_to']} were read)")
     return "\n".join(lines)
+
+
+def format_comparison(metrics: dict[str, Any], metric: str = "auc") -> str:
+    """`metric` per language for the model beside each baseline (scored on the same
+    impressions), and the transfer gap when there is one; "" when there is nothing to compare."""
+    baselines = metrics.get("baselines", {})
+    transfer = metrics.get("transfer", {}).get("model", {})
+    if not baselines and not transfer:
+        return ""
+    names = ["model", *baselines]
+    header = f"{metric:<10}" + "".join(f"{n:>22}" for n in names)
+    header += f"{'transfer gap':>16}" if transfer else ""
+    lines = [header, "-" * len(header)]
+    languages = [*metrics["by_language"], "overall"]
+    for lang in languages:
+        tables = [metrics] + [baselines[n] for n in baselines]
+        rows = [
+            t["overall"] if lang == "overall" else t["by_language"].get(lang, {}) for t in tables
+        ]
+        cells = "".join(f"{r[metric]:>22.4f}" if metric in r else f"{'-':>22}" for r in rows)
+        if transfer:
+            gap = transfer.get(lang, {}).get("gap", {}).get(metric)
+            cells += f"{gap:>+16.4f}" if gap is not None else f"{'-':>16}"
+        lines.append(f"{lang:<10}{cells}")
+    return "\n".join(lines)

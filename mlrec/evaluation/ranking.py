@@ -1,18 +1,26 @@
-"""Scoring the held-out impressions, split across processes and gathered, nothing dropped.
+"""Scoring the held-out impressions of every dev set, split across processes and gathered,
+nothing dropped; the baselines and the transfer report on exactly the same impressions.
 
-Every process reads the dev impressions in the same order, checks that no impression id repeats
-(before splitting, so the check sees them all), and scores those at positions rank, rank + world,
-...; each impression's scores and metrics (or why it has none) are gathered to all ranks, so the
-result is the same with one process or several. Every impression read is accounted for: scored,
-or counted per reason as unscored (see mlrec.evaluation.metrics). With `out_dir` the main process
-writes metrics.json there, and the scores behind it (mlrec.evaluation.predictions).
+Every process reads a dev set's impressions in the same order, checks that no impression id
+repeats (before splitting, so the check sees them all), and scores those at positions rank,
+rank + world, ...; each impression's scores and metrics (or why it has none) are gathered to all
+ranks, so the result is the same with one process or several. Every impression read is accounted
+for: scored, or counted per reason as unscored (see mlrec.evaluation.metrics).
+
+metrics.json, for one dev set (the usual case):
+  {"overall": {...}, "by_language": {lang: {...}}, "spread": {...},
+   "baselines": {name: {"overall": ..., "by_language": ...}},        # same impressions
+   "transfer": {"reference_language": L, "model": {lang: {...}}, name: {...}}}   # if asked
+and with several dev sets the same per set under "dev_sets": {name: {...}}, with "overall" and
+"by_language" over all of them. The scores go beside it (mlrec.evaluation.predictions), in a
+folder per set when there are several.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +30,21 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from mlrec import io
-from mlrec.data.layout import ITEM_TOKENS, item_index, shard_paths
+from mlrec.data.layout import ITEM_TOKENS, dev_set_name, dev_splits, item_index, shard_paths
 from mlrec.data.loader import read_impressions
 from mlrec.data.rows import DUPLICATE_IMPRESSION, DataError
 from mlrec.evaluation.encode import TorchItems, encode_rows
 from mlrec.evaluation.metrics import impression_metrics, summarize, unscored_reason
 from mlrec.evaluation.predictions import write_predictions
+from mlrec.evaluation.transfer import Swapper, paired, spread, transfer_table
 from mlrec.models.recommender import Recommender
 
 METRICS_FILE = "metrics.json"
+Impression = dict[str, Any]
+# scores of a list of impressions, one array per impression (candidate order)
+BatchScorer = Callable[[Sequence[Impression]], list[np.ndarray]]
+# (impression id, language, candidate rows, scores, metrics or the reason there are none)
+Outcome = tuple[int, str, list[int], np.ndarray, "dict[str, float] | str"]
 _USERS_PER_PASS = 256
 
 
@@ -79,6 +93,126 @@ def read_dev(
     return [imp for _, imp in read], limited
 
 
+class ModelScorer:
+    """The recommender as a BatchScorer: the impressions' items encoded once (each distinct row
+    once), users from their last `max_history` clicks, dot products in float32 even under mixed
+    precision (half-precision scores tie often, and ties are where our AUC, a tie counting half,
+    and rank-based scorers such as MIND's prediction.txt part ways)."""
+
+    def __init__(
+        self,
+        model: Recommender,
+        accelerator: Accelerator,
+        shards_dir: str | Path,
+        pad_id: int,
+        batch_size: int,
+        max_history: int,
+    ) -> None:
+        self.model, self.accelerator = model, accelerator
+        self.table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
+        self.pad_id, self.batch_size, self.max_history = pad_id, batch_size, max_history
+
+    def __call__(self, impressions: Sequence[Impression]) -> list[np.ndarray]:
+        device, last = self.accelerator.device, self.max_history
+        rows = sorted(
+            {r for imp in impressions for r in (*imp["history"][-last:], *imp["candidates"])}
+        )
+        position = {r: i for i, r in enumerate(rows)}
+        out: list[np.ndarray] = []
+        with self.accelerator.autocast():
+            encoder = TorchItems(self.model.item_encoder, device)
+            found = encode_rows(encoder, self.table, np.asarray(rows), self.pad_id, self.batch_size)
+            vectors = torch.from_numpy(found).to(device)
+            for start in range(0, len(impressions), _USERS_PER_PASS):
+                chunk = impressions[start : start + _USERS_PER_PASS]
+                width = max(1, max(len(imp["history"][-last:]) for imp in chunk))
+                history = torch.zeros(len(chunk), width, dtype=torch.long)
+                mask = torch.zeros(len(chunk), width, dtype=torch.bool)
+                for b, imp in enumerate(chunk):
+                    hist = [position[r] for r in imp["history"][-last:]]
+                    history[b, : len(hist)] = torch.tensor(hist, dtype=torch.long)
+                    mask[b, : len(hist)] = True
+                users = self.model.user_vectors(vectors, history.to(device), mask.to(device))
+                with torch.autocast(device.type, enabled=False):
+                    users = users.float()
+                    for b, imp in enumerate(chunk):
+                        cands = torch.tensor([position[r] for r in imp["candidates"]])
+                        out.append((vectors[cands.to(device)] @ users[b]).cpu().numpy())
+        return out
+
+
+def per_impression(scores: Callable[[Impression], Sequence[float]]) -> BatchScorer:
+    """A baseline's one-impression scorer (mlrec.evaluation.baselines) as a BatchScorer."""
+    return lambda impressions: [np.asarray(scores(imp), dtype=np.float64) for imp in impressions]
+
+
+def outcomes(
+    impressions: Sequence[Impression], scorer: BatchScorer, accelerator: Accelerator
+) -> list[Outcome]:
+    """Each impression scored (this process its share), gathered, in impression-id order (ids
+    are unique within a dev set, so the order is the same whatever the process count)."""
+    mine = impressions[accelerator.process_index :: accelerator.num_processes]
+    results = []
+    for imp, scores in zip(mine, scorer(mine), strict=True):
+        reason = unscored_reason(imp["labels"])
+        outcome = reason or impression_metrics(imp["labels"], scores.tolist())
+        results.append((imp["impression"], imp["lang"], imp["candidates"], scores, outcome))
+    gathered = gather_object(results) if accelerator.num_processes > 1 else results
+    return sorted(gathered, key=lambda r: r[0])
+
+
+def summary(results: Sequence[Outcome]) -> dict[str, Any]:
+    return summarize(
+        ((lang, o) for _, lang, _, _, o in results if isinstance(o, dict)),
+        ((lang, o) for _, lang, _, _, o in results if isinstance(o, str)),
+    )
+
+
+def _transfer(
+    impressions: Sequence[Impression],
+    scorers: dict[str, BatchScorer],
+    swapper: Swapper,
+    accelerator: Accelerator,
+) -> dict[str, Any]:
+    """The transfer report of one dev set, for the model and each baseline."""
+    targets, references, missing = paired(impressions, swapper)
+    report: dict[str, Any] = {"reference_language": swapper.reference, "unpaired": missing}
+    if not targets:
+        return report
+    for name, scorer in scorers.items():
+        target = summary(outcomes(targets, scorer, accelerator))
+        reference = summary(outcomes(references, scorer, accelerator))
+        report[name] = transfer_table(target, reference, missing)
+    return report
+
+
+def evaluate_split(
+    split: str,
+    shards_dir: str | Path,
+    scorers: dict[str, BatchScorer],
+    accelerator: Accelerator,
+    *,
+    max_impressions: int = 0,
+    swapper: Swapper | None = None,
+) -> tuple[dict[str, Any], list[Outcome]]:
+    """One dev set: the metrics of every scorer ("model" first) on the same impressions, and
+    the model's outcomes (for the prediction files)."""
+    impressions, limited = read_dev(shards_dir, max_impressions, split)
+    model, *baselines = scorers
+    results = outcomes(impressions, scorers[model], accelerator)
+    metrics = summary(results)
+    metrics["spread"] = spread(metrics["by_language"])
+    if limited:
+        metrics["limited_to"] = max_impressions
+    if baselines:
+        metrics["baselines"] = {
+            name: summary(outcomes(impressions, scorers[name], accelerator)) for name in baselines
+        }
+    if swapper is not None:
+        metrics["transfer"] = _transfer(impressions, scorers, swapper, accelerator)
+    return metrics, results
+
+
 @torch.no_grad()
 def evaluate(
     model: Recommender,
@@ -90,64 +224,44 @@ def evaluate(
     max_history: int,
     max_impressions: int = 0,
     out_dir: Path | None = None,
-    split: str = "dev",
+    baselines: dict[str, BatchScorer] | None = None,
+    reference_language: str = "",
 ) -> dict[str, Any]:
-    """MIND metrics on the shards of a dev split, per language and overall, with the accounting
-    of every impression read (see mlrec.evaluation.metrics); with `out_dir`, the main process writes
-    metrics.json, predictions.tsv and prediction.txt there."""
-    impressions, limited = read_dev(shards_dir, max_impressions, split)
+    """MIND metrics of the model (and each baseline) on every dev set of the shards, per
+    language and overall, with the accounting of every impression read and, with
+    `reference_language`, the transfer report; with `out_dir`, the main process writes
+    metrics.json and the scores behind it there (see the module docstring)."""
     was_training = model.training
     model.eval()
-    mine = impressions[accelerator.process_index :: accelerator.num_processes]
-    table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
-    rows = sorted({r for imp in mine for r in (*imp["history"][-max_history:], *imp["candidates"])})
-    position = {r: i for i, r in enumerate(rows)}
-    # (impression id, language, candidate rows, scores, metrics or the reason there are none)
-    results: list[tuple[int, str, list[int], np.ndarray, dict[str, float] | str]] = []
-    with full_parameters(accelerator, model), accelerator.autocast():
-        encoder = TorchItems(model.item_encoder, accelerator.device)
-        vectors = encode_rows(encoder, table, np.asarray(rows), pad_id, batch_size)
-        vectors = torch.from_numpy(vectors).to(accelerator.device)
-        for start in range(0, len(mine), _USERS_PER_PASS):
-            chunk = mine[start : start + _USERS_PER_PASS]
-            width = max(1, max(len(imp["history"][-max_history:]) for imp in chunk))
-            history = torch.zeros(len(chunk), width, dtype=torch.long)
-            mask = torch.zeros(len(chunk), width, dtype=torch.bool)
-            for b, imp in enumerate(chunk):
-                hist = [position[r] for r in imp["history"][-max_history:]]
-                history[b, : len(hist)] = torch.tensor(hist, dtype=torch.long)
-                mask[b, : len(hist)] = True
-            users = model.user_vectors(
-                vectors, history.to(accelerator.device), mask.to(accelerator.device)
-            ).float()
-            # The dot products in float32 even under mixed precision: half-precision scores tie
-            # often, and ties are where our AUC (a tie counts half) and rank-based scorers such
-            # as MIND's (prediction.txt) part ways.
-            with torch.autocast(accelerator.device.type, enabled=False):
-                for b, imp in enumerate(chunk):
-                    cands = torch.tensor([position[r] for r in imp["candidates"]])
-                    scores = (vectors[cands.to(accelerator.device)] @ users[b]).cpu().numpy()
-                    reason = unscored_reason(imp["labels"])
-                    outcome = reason or impression_metrics(imp["labels"], scores.tolist())
-                    assert outcome is not None  # scorable exactly when there is no reason
-                    results.append(
-                        (imp["impression"], imp["lang"], imp["candidates"], scores, outcome)
-                    )
-    gathered = gather_object(results) if accelerator.num_processes > 1 else results
+    scorers = {
+        "model": ModelScorer(model, accelerator, shards_dir, pad_id, batch_size, max_history),
+        **(baselines or {}),
+    }
+    keys = [row[0] for row in item_index(shards_dir)]
+    swapper = Swapper(keys, reference_language) if reference_language else None
+    if swapper is not None and not any(row is not None for row in swapper.swap):
+        raise ValueError(f"eval.reference_language={reference_language!r}: no item has it")
+    splits = dev_splits(shards_dir)
+    per_set, everything = {}, []
+    with full_parameters(accelerator, model):
+        for split in splits:
+            metrics, results = evaluate_split(
+                split, shards_dir, scorers, accelerator,
+                max_impressions=max_impressions, swapper=swapper,
+            )  # fmt: skip
+            per_set[dev_set_name(split)] = metrics
+            everything += results
+            if out_dir is not None and accelerator.is_main_process:
+                where = Path(out_dir) if len(splits) == 1 else Path(out_dir) / dev_set_name(split)
+                where.mkdir(parents=True, exist_ok=True)
+                write_predictions(where, [(i, c, s) for i, _, c, s, _ in results], keys)
     model.train(was_training)
-    # ids are unique (read_dev), so sorting by id gives one order whatever the process count
-    gathered = sorted(gathered, key=lambda r: r[0])
-    metrics = summarize(
-        ((lang, o) for _, lang, _, _, o in gathered if isinstance(o, dict)),
-        ((lang, o) for _, lang, _, _, o in gathered if isinstance(o, str)),
-    )
-    if limited:
-        metrics["limited_to"] = max_impressions
+    if len(splits) == 1:
+        metrics = per_set[dev_set_name(splits[0])]
+    else:
+        metrics = {**summary(everything), "dev_sets": per_set}
+        metrics["spread"] = spread(metrics["by_language"])
     if out_dir is not None and accelerator.is_main_process:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        keys = [row[0] for row in item_index(shards_dir)]
-        write_predictions(out_dir, [(i, c, s) for i, _, c, s, _ in gathered], keys)
         # last: a metrics.json beside predictions means they are of the same evaluation
-        io.write_json(out_dir / METRICS_FILE, metrics, indent=2)
+        io.write_json(Path(out_dir) / METRICS_FILE, metrics, indent=2)
     return metrics

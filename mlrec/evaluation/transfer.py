@@ -9,9 +9,11 @@ impressions is the ZS-XLT loss; impressions that cannot be swapped are counted, 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from mlrec.evaluation.metrics import METRICS
 from mlrec.languages import format_ref, parse_ref
 
 # what a swapped impression is missing, for the counts
@@ -47,20 +49,20 @@ class Swapper:
 
 def paired(
     impressions: Sequence[dict[str, Any]], swapper: Swapper
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
-    """(target impressions, their reference versions, how many could not be swapped), for the
-    impressions not already in the reference language."""
-    targets, references, missing = [], [], 0
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
+    """(target impressions, their reference versions, per language how many could not be
+    swapped), for the impressions not already in the reference language."""
+    targets, references, missing = [], [], Counter()
     for imp in impressions:
         if imp["lang"] == swapper.reference:
             continue
         swapped = swapper(imp)
         if swapped is None:
-            missing += 1
+            missing[imp["lang"]] += 1
             continue
         targets.append(imp)
         references.append(swapped)
-    return targets, references, missing
+    return targets, references, dict(sorted(missing.items()))
 
 
 def transfer_table(
@@ -73,12 +75,14 @@ def transfer_table(
     out: dict[str, Any] = {}
     for lang, row in target["by_language"].items():
         ref = reference["by_language"][lang]
+        # the same impressions on both sides, so the same ones are scorable
+        scored = [m for m in METRICS if m in row and m in ref]
         out[lang] = {
-            "paired": row["impressions"],
+            "paired": row["read"],
             "unpaired": missing.get(lang, 0),
-            "target": {k: v for k, v in row.items() if k != "impressions"},
-            "reference": {k: v for k, v in ref.items() if k != "impressions"},
-            "gap": {k: row[k] - ref[k] for k in row if k != "impressions"},
+            "target": {m: row[m] for m in scored},
+            "reference": {m: ref[m] for m in scored},
+            "gap": {m: row[m] - ref[m] for m in scored},
         }
     return out
 

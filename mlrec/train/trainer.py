@@ -125,6 +125,9 @@ class Trainer:
         self.samples_seen = 0
         self.tokens_seen = 0
         self._writer = None
+        # scored beside the model at evaluation (mlrec.evaluation.ranking.BatchScorer); the
+        # pipeline sets them, since a teacher baseline comes from outside the training layer
+        self.baselines: dict[str, Any] = {}
         trainable = sum(p.numel() for p in params)
         total = sum(p.numel() for p in model.parameters())
         log.info("model: %d parameters, %d trainable (%s)", total, trainable, cfg.adapter.method)
@@ -357,6 +360,8 @@ class Trainer:
             max_history=self.cfg.data.max_history,
             max_impressions=self.cfg.eval.max_impressions,
             out_dir=self.run_dir / "eval",
+            baselines=self.baselines,
+            reference_language=self.cfg.eval.reference_language,
         )
         if self.accelerator.is_main_process:
             assert self.writer is not None

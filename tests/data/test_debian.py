@@ -209,7 +209,7 @@ def test_data_stage_converts_an_existing_lists_folder(tmp_path):
     )
     root = pipeline.data(cfg)
     assert json.loads((root / "corpus.json").read_text())["languages"] == ["de", "en"]
-    assert sorted(news_files(cfg)) == ["de", "en"]
+    assert sorted(news_files(cfg.data, root)) == ["de", "en"]
     assert (root / "train" / "behaviors.tsv").is_file()
 
 

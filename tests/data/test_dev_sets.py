@@ -10,7 +10,7 @@ from mlrec.config import ConfigError
 from mlrec.data.corpus import behaviors_files
 from mlrec.data.layout import dev_splits, item_index, load_manifest, shard_paths
 from mlrec.data.loader import read_impressions
-from mlrec.data.shards import build_shards
+from mlrec.data.shards import ShardInputs, build_shards
 from tests.conftest import tiny_config
 
 
@@ -43,17 +43,17 @@ def generated(tmp_path_factory):
     cfg = tiny_config(tmp)
     from mlrec.data.corpus import prepare_corpus
 
-    return prepare_corpus(cfg)
+    return prepare_corpus(cfg.data, cfg.corpus_dir)
 
 
 def test_xmind_layout_reads_each_dev_file_in_its_own_language(tmp_path, generated):
     root, rows = _xmind(tmp_path, generated)
     cfg = tiny_config(tmp_path / "run", "data.source=mind", f"data.dir={root}")
-    files = behaviors_files(cfg)
+    files = behaviors_files(cfg.data, cfg.corpus_dir)
     assert [(b.split, b.language) for b in files] == [
         ("train", "en"), ("dev_de", "de"), ("dev_ru", "ru"),
     ]  # fmt: skip
-    manifest = build_shards(cfg, progress=False)
+    manifest = build_shards(ShardInputs.of(cfg), progress=False)
     assert dev_splits(cfg.shards_dir) == ["dev_de", "dev_ru"]
     keys = [key for key, *_ in item_index(cfg.shards_dir)]
     for lang in ("de", "ru"):
@@ -72,10 +72,11 @@ def test_named_dev_sets_and_their_languages(tmp_path, generated):
     cfg = tiny_config(
         tmp_path / "run", "data.source=mind", f"data.dir={root}", f"data.dev_sets={sets}"
     )
-    assert [(b.split, b.language) for b in behaviors_files(cfg)][1:] == [
+    files = behaviors_files(cfg.data, cfg.corpus_dir)
+    assert [(b.split, b.language) for b in files][1:] == [
         ("dev_de", "de"), ("dev_mixed", "en"),  # not a language: plain ids in default_language
     ]  # fmt: skip
-    build_shards(cfg, progress=False)
+    build_shards(ShardInputs.of(cfg), progress=False)
     assert load_manifest(cfg.shards_dir)["splits"]["dev_mixed"]["per_language"] == {"en": rows}
 
 

@@ -6,17 +6,16 @@ import os
 import pytest
 
 from mlrec.cli import parse_slice
-from mlrec.data.items import build_items
 from mlrec.data.layout import MANIFEST, item_index, load_manifest, shard_paths
 from mlrec.data.loader import read_impressions
 from mlrec.data.rows import BAD_LABEL, COLUMNS, EMPTY_TITLE, ENCODING, UNKNOWN_ITEM, DataError
-from mlrec.data.shards import build_shards, merge_shards, shard_slice
+from mlrec.data.shards import ShardInputs, build_shards, item_table, merge_shards, shard_slice
 from tests.conftest import tiny_config
 
 
 def _corrupt(cfg):
     """One malformed row of each kind; returns {file: {reason: count}} of what was broken."""
-    build_shards(cfg, progress=False)  # generates the corpus
+    build_shards(ShardInputs.of(cfg), progress=False)  # generates the corpus
     news = cfg.corpus_dir / "news" / "de.tsv"
     rows = news.read_bytes().splitlines(keepends=True)
     rows[1] = b"\t".join(rows[1].split(b"\t")[:4]) + b"\n"  # 4 columns
@@ -42,7 +41,7 @@ def _corrupt(cfg):
 def test_skip_counts_every_row_and_strict_names_the_line(tmp_path):
     cfg = tiny_config(tmp_path, "data.on_error=skip")
     broken = _corrupt(cfg)
-    manifest = build_shards(cfg, progress=False)
+    manifest = build_shards(ShardInputs.of(cfg), progress=False)
     files = manifest["rows"]["files"]
     for path, counts in files.items():  # rows in = rows kept + duplicates + rows skipped
         assert counts["rows"] == counts["kept"] + counts["duplicates"] + sum(
@@ -62,7 +61,7 @@ def test_skip_counts_every_row_and_strict_names_the_line(tmp_path):
 
     strict = tiny_config(tmp_path)
     with pytest.raises(DataError, match=r"de\.tsv:2: expected 8 tab-separated columns"):
-        build_shards(strict, progress=False)
+        build_shards(ShardInputs.of(strict), progress=False)
 
 
 def _bytes(shards_dir):
@@ -73,7 +72,7 @@ def _bytes(shards_dir):
 
 def test_same_input_gives_identical_shards_and_reruns_skip_finished_units(tmp_path):
     one = tiny_config(tmp_path / "a")
-    build_shards(one, progress=False)
+    build_shards(ShardInputs.of(one), progress=False)
     # Hugging Face's Unigram trainer is not deterministic (4 trainings, 4 different vocabularies),
     # so the second build reuses the first one's tokenizer: same tokenizer, same bytes.
     two = tiny_config(
@@ -81,7 +80,8 @@ def test_same_input_gives_identical_shards_and_reruns_skip_finished_units(tmp_pa
         f"data.dir={one.corpus_dir}",
         f"model.tokenizer={one.shards_dir / 'tokenizer'}",
     )
-    build_shards(two, progress=False, workers=2)  # other folder, other process layout
+    # other folder, other process layout
+    build_shards(ShardInputs.of(two), progress=False, workers=2)
     first = _bytes(one.shards_dir)
     assert first == _bytes(two.shards_dir)
 
@@ -92,7 +92,7 @@ def test_same_input_gives_identical_shards_and_reruns_skip_finished_units(tmp_pa
     untouched = one.shards_dir / "train-000001.json"
     stamp = untouched.stat().st_mtime_ns
     os.utime(untouched, ns=(stamp - 10**9, stamp - 10**9))
-    build_shards(one, progress=False)
+    build_shards(ShardInputs.of(one), progress=False)
     assert untouched.stat().st_mtime_ns == stamp - 10**9
     assert victim.is_file()
     assert _bytes(one.shards_dir) == first
@@ -100,15 +100,16 @@ def test_same_input_gives_identical_shards_and_reruns_skip_finished_units(tmp_pa
 
 def test_slices_then_merge_equal_one_run(tmp_path):
     whole = tiny_config(tmp_path / "whole")
-    expected = build_shards(whole, progress=False)
+    expected = build_shards(ShardInputs.of(whole), progress=False)
     cfg = tiny_config(tmp_path / "sliced", f"data.dir={whole.corpus_dir}")
-    build_items(cfg, cfg.shards_dir, progress=False)
-    assert shard_slice(cfg, 0, 3, progress=False) > 0
+    inputs = ShardInputs.of(cfg)
+    item_table(inputs, progress=False)  # `mlrec shard --items`, then the slices
+    assert shard_slice(inputs, 0, 3, progress=False) > 0
     with pytest.raises(FileNotFoundError, match="--slice"):
-        merge_shards(cfg)  # slices 1 and 2 have not run
+        merge_shards(inputs)  # slices 1 and 2 have not run
     for index in (1, 2):
-        shard_slice(cfg, index, 3, progress=False)
-    merged = merge_shards(cfg)
+        shard_slice(inputs, index, 3, progress=False)
+    merged = merge_shards(inputs)
     assert (cfg.shards_dir / MANIFEST).is_file()
     assert merged["splits"]["train"]["shards"] == expected["splits"]["train"]["shards"]
     assert merged["splits"]["dev"]["per_language"] == expected["splits"]["dev"]["per_language"]
@@ -138,7 +139,7 @@ def test_xmind_rows_take_mind_categories(tmp_path, tiny_shards):
         "data.news={en: [train/news.tsv], de: [xmind/de.tsv]}",
         f"model.tokenizer={tiny_shards / 'tokenizer'}",
     )
-    manifest = build_shards(cfg, progress=False)
+    manifest = build_shards(ShardInputs.of(cfg), progress=False)
     index = {key: (cat, sub) for key, _, cat, sub in item_index(cfg.shards_dir)}
     assert index["N1@de"] == ("sports", "soccer")
     assert "N9@de" not in index
@@ -148,10 +149,11 @@ def test_xmind_rows_take_mind_categories(tmp_path, tiny_shards):
 
 def test_a_rebuilt_item_table_is_not_read_from_an_earlier_build(tmp_path):
     cfg = tiny_config(tmp_path, "data.on_error=skip")
-    build_shards(cfg, progress=False)  # generates the corpus; the process now knows its rows
+    # generates the corpus; the process now knows its rows
+    build_shards(ShardInputs.of(cfg), progress=False)
     news = cfg.corpus_dir / "news" / "de.tsv"
     news.write_bytes(b"".join(news.read_bytes().splitlines(keepends=True)[1:]))  # rows shift
-    manifest = build_shards(cfg, progress=False)
+    manifest = build_shards(ShardInputs.of(cfg), progress=False)
     keys = [key for key, *_ in item_index(cfg.shards_dir)]
     refs = {}
     for line in (cfg.corpus_dir / "train" / "behaviors.tsv").read_text().splitlines():

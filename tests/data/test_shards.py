@@ -9,7 +9,7 @@ from mlrec.data.layout import ITEM_TOKENS, item_index, load_manifest, shard_path
 from mlrec.data.loader import read_impressions
 from mlrec.data.mind import read_behaviors
 from mlrec.data.rows import DataError
-from mlrec.data.shards import build_shards
+from mlrec.data.shards import ShardInputs, build_shards
 from mlrec.io import sha256
 from tests.conftest import tiny_config
 
@@ -62,10 +62,10 @@ def test_tokenizer_has_xlmr_special_ids(tiny_shards):
 
 def test_unknown_item_is_reported_with_line(tmp_path):
     cfg = tiny_config(tmp_path)
-    build_shards(cfg, progress=False)  # generates the corpus
+    build_shards(ShardInputs.of(cfg), progress=False)  # generates the corpus
     behaviors = cfg.corpus_dir / "dev" / "behaviors.tsv"
     lines = behaviors.read_text().splitlines()
     lines[2] = lines[2].replace("-1", "-1 N999999@en-0", 1)
     behaviors.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=rf"{behaviors}:3: impressions refers to N999999@en"):
-        build_shards(cfg, progress=False)
+        build_shards(ShardInputs.of(cfg), progress=False)

@@ -6,7 +6,7 @@ import pytest
 from mlrec.data.layout import load_manifest, shard_paths
 from mlrec.data.loader import read_impressions
 from mlrec.data.rows import DUPLICATE_IMPRESSION, NO_CLICK, DataError
-from mlrec.data.shards import build_shards
+from mlrec.data.shards import ShardInputs, build_shards
 from tests.conftest import tiny_config
 
 
@@ -14,7 +14,7 @@ from tests.conftest import tiny_config
 def corpus(tmp_path):
     """A generated tiny corpus with its clean shards (the corpus is then edited per test)."""
     cfg = tiny_config(tmp_path)
-    build_shards(cfg, progress=False)
+    build_shards(ShardInputs.of(cfg), progress=False)
     return cfg
 
 
@@ -31,7 +31,7 @@ def test_concatenated_dev_files_with_shared_ids_stop_sharding(corpus):
     before = {p.stat().st_mtime_ns for p in corpus.shards_dir.glob("dev-*.tar")}
     where = rf"{dev}:{len(rows) + 1}: impression id \d+ is already used at line 1"
     with pytest.raises(DataError, match=where):
-        build_shards(corpus, progress=False)
+        build_shards(ShardInputs.of(corpus), progress=False)
     # found while planning: no shard was rewritten
     assert {p.stat().st_mtime_ns for p in corpus.shards_dir.glob("dev-*.tar")} == before
 
@@ -41,7 +41,7 @@ def test_skip_policy_counts_repeated_impression_ids(corpus):
     rows = dev.read_text().splitlines()
     _rewrite(dev, lambda lines: lines.extend(rows[:3]))
     corpus.data.on_error = "skip"
-    manifest = build_shards(corpus, progress=False)
+    manifest = build_shards(ShardInputs.of(corpus), progress=False)
     counts = manifest["rows"]["files"][str(dev)]
     assert counts["skipped"] == {DUPLICATE_IMPRESSION: 3}
     assert counts["rows"] == len(rows) + 3 == counts["kept"] + 3
@@ -60,9 +60,9 @@ def test_an_impression_without_a_click_is_an_error_or_a_counted_skip(corpus):
 
     _rewrite(dev, no_click)
     with pytest.raises(DataError, match=rf"{dev}:5: impression \d+ has no clicked candidate"):
-        build_shards(corpus, progress=False)
+        build_shards(ShardInputs.of(corpus), progress=False)
     corpus.data.on_error = "skip"
-    manifest = build_shards(corpus, progress=False)
+    manifest = build_shards(ShardInputs.of(corpus), progress=False)
     assert manifest["rows"]["files"][str(dev)]["skipped"] == {NO_CLICK: 1}
 
 
@@ -74,4 +74,4 @@ def test_a_news_id_with_an_at_sign_is_refused(corpus):
 
     _rewrite(news, at_sign)
     with pytest.raises(DataError, match=rf"{news}:1: news id 'N1@x' contains '@'"):
-        build_shards(corpus, progress=False)
+        build_shards(ShardInputs.of(corpus), progress=False)

@@ -21,8 +21,8 @@ def _langs(path):
 
 def test_zero_shot_rewrite(tmp_path):
     cfg = tiny_config(tmp_path, "xling.target_languages=[de, zh]")
-    prepare_corpus(cfg)
-    out = rewrite_corpus(cfg)
+    prepare_corpus(cfg.data, cfg.corpus_dir)
+    out = rewrite_corpus(cfg.xling, cfg.data, cfg.corpus_dir, cfg.run_dir)
     history, candidates = _langs(out / "train" / "behaviors.tsv")
     assert set(history) == set(candidates) == {"en"}  # trained on the source language only
     dev = list(read_behaviors(out / "dev" / "behaviors.tsv", "en"))
@@ -48,7 +48,7 @@ def test_few_shot_and_bilingual(tmp_path):
         "xling.few_shot_fraction=0.2",
         "xling.history_target_fraction=0.5",
     )
-    out = rewrite_corpus(cfg)
+    out = rewrite_corpus(cfg.xling, cfg.data, cfg.corpus_dir, cfg.run_dir)
     history, candidates = _langs(out / "train" / "behaviors.tsv")
     share = candidates["de"] / sum(candidates.values())
     assert 0.1 < share < 0.3 and set(candidates) == {"en", "de"}

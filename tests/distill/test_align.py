@@ -59,6 +59,10 @@ def _cfg(tmp_path, *overrides):
     )
 
 
+def _pairs(cfg):
+    return load_pairs(cfg.align, cfg.data, cfg.corpus_dir)
+
+
 def test_top1_retrieval():
     eye = np.eye(4, dtype=np.float32)
     assert top1(eye, eye * 3) == 1.0
@@ -69,14 +73,14 @@ def test_top1_retrieval():
 
 def test_corpus_pairs_split_without_leaking_heldout_sentences(tmp_path):
     cfg = _cfg(tmp_path, "align.languages=[de]")
-    pairs = load_pairs(cfg)
+    pairs = _pairs(cfg)
     assert {p.tgt_lang for p in pairs.train} == {"de"} and set(pairs.heldout) == {"de"}
     assert len(pairs.heldout["de"]) == 40
     held = {p.source for p in pairs.heldout["de"]}
     assert held and not held & {p.source for p in pairs.train}
     assert all(p.src_lang == "en" and p.source != p.target for p in pairs.train)
     with pytest.raises(ConfigError, match="align.source_language"):
-        load_pairs(_cfg(tmp_path, "align.source_language=fr"))
+        _pairs(_cfg(tmp_path, "align.source_language=fr"))
 
 
 def _write_mo(path, entries):
@@ -114,7 +118,7 @@ def test_gettext_and_tsv_sources(tmp_path):
         tmp_path, f"align.sources=[{locale}, {tsv}]", "align.min_words=4",
         "align.heldout_per_language=1",
     )  # fmt: skip
-    pairs = load_pairs(cfg)
+    pairs = _pairs(cfg)
     everything = pairs.train + [p for v in pairs.heldout.values() for p in v]
     assert {(p.tgt_lang, p.target) for p in everything} == {
         ("fr", "Ouvrir le fichier choisi avant maintenant"),
@@ -123,7 +127,7 @@ def test_gettext_and_tsv_sources(tmp_path):
         ("pt_BR", "Sair"),
     }
     with pytest.raises(ConfigError, match="align.sources"):
-        load_pairs(_cfg(tmp_path, f"align.sources=[{tmp_path / 'nothing'}]"))
+        _pairs(_cfg(tmp_path, f"align.sources=[{tmp_path / 'nothing'}]"))
 
 
 def test_cache_is_written_once_and_names_the_teacher(tmp_path):
@@ -221,7 +225,7 @@ def test_real_gettext_pairs_in_many_languages(tmp_path):
         tmp_path, f"align.sources=[{locale}]", f"align.languages=[{', '.join(langs)}]",
         "align.min_words=6",
     )  # fmt: skip
-    pairs = load_pairs(cfg)
+    pairs = _pairs(cfg)
     counts = {lang: sum(p.tgt_lang == lang for p in pairs.train) for lang in langs}
     assert all(n >= 1000 for n in counts.values()), counts
     assert all(len(pairs.heldout[lang]) == 40 for lang in langs)

@@ -87,7 +87,8 @@ def test_late_fusion_scores_are_dot_products_with_the_mean_history_vector():
 
 
 def test_item_texts_give_one_text_per_item_table_row(tiny_shards):
-    files = news_files(tiny_config(tiny_shards.parent))
+    cfg = tiny_config(tiny_shards.parent)
+    files = news_files(cfg.data, cfg.corpus_dir)
     texts = item_texts(tiny_shards, files, ["title"], "strict")
     index = item_index(tiny_shards)
     # the titles straight from the news files (MIND columns: nid, category, subcategory, title)
@@ -105,7 +106,8 @@ def test_item_texts_give_one_text_per_item_table_row(tiny_shards):
 
 def _copied_news(tiny_shards: Path, tmp_path: Path) -> dict[str, list[Path]]:
     """The tiny corpus's news files, copied where a test may edit them."""
-    files = news_files(tiny_config(tiny_shards.parent))
+    cfg = tiny_config(tiny_shards.parent)
+    files = news_files(cfg.data, cfg.corpus_dir)
     copies = {}
     for lang, paths in files.items():
         copies[lang] = []

@@ -31,12 +31,12 @@ def test_pairing_counts_what_cannot_be_swapped_and_skips_the_reference_language(
     targets, references, missing = paired(imps, swap)
     assert [t["impression"] for t in targets] == [1, 4]
     assert [r["candidates"] for r in references] == [[1, 0], [0]]
-    assert missing == 1
+    assert missing == {"de": 1}
 
 
 def test_the_gap_is_target_minus_reference_on_the_same_impressions():
-    row = {"auc": 0.6, "mrr": 0.4, "impressions": 10}
-    ref = {"auc": 0.7, "mrr": 0.5, "impressions": 10}
+    row = {"auc": 0.6, "mrr": 0.4, "impressions": 10, "read": 10, "scored": 10, "unscored": {}}
+    ref = {"auc": 0.7, "mrr": 0.5, "impressions": 10, "read": 10, "scored": 10, "unscored": {}}
     table = transfer_table({"by_language": {"de": row}}, {"by_language": {"de": ref}}, {"de": 3})
     assert table["de"]["paired"] == 10 and table["de"]["unpaired"] == 3
     assert abs(table["de"]["gap"]["auc"] + 0.1) < 1e-12

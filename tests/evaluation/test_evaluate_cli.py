@@ -1,0 +1,95 @@
+"""`mlrec evaluate RUN [--checkpoint STEP] [--data DIR_OR_CONFIG] [--out DIR]`: any checkpoint
+on any dev data, without retraining and without overwriting another evaluation; per-language dev
+files are scored on their own language's texts, next to the baselines and the transfer gap."""
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from mlrec.cli import main
+from mlrec.data.layout import item_index
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("evalrun")
+    assert main(["shard", "--config", str(TINY), f"run_dir={run}"]) == 0
+    steps = ["train.keep_last=4", "train.checkpoint_every=10"]
+    assert main(["train", "--config", str(TINY), f"run_dir={run}", *steps]) == 0
+    return run
+
+
+def test_another_checkpoint_to_another_folder_with_baselines_and_transfer(run, tmp_path, capsys):
+    before = (run / "eval" / "metrics.json").read_bytes()
+    out = tmp_path / "at-10"
+    code = main([
+        "evaluate", str(run), "--checkpoint", "10", "--out", str(out),
+        "eval.reference_language=en",
+    ])  # fmt: skip
+    assert code == 0
+    assert (run / "eval" / "metrics.json").read_bytes() == before  # not overwritten
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (out / "prediction.txt").is_file() and (out / "predictions.tsv").is_file()
+    assert metrics["overall"]["read"] == metrics["overall"]["scored"] == 200
+    popularity = metrics["baselines"]["popularity"]
+    assert popularity["overall"]["read"] == 200 and 0.5 < popularity["overall"]["auc"] < 1
+    transfer = metrics["transfer"]["model"]
+    assert "en" not in transfer and set(transfer) <= set(metrics["by_language"])
+    for lang, row in transfer.items():
+        assert row["paired"] + row["unpaired"] == metrics["by_language"][lang]["read"]
+        assert row["gap"]["auc"] == pytest.approx(row["target"]["auc"] - row["reference"]["auc"])
+    spread = metrics["spread"]
+    aucs = [r["auc"] for r in metrics["by_language"].values()]
+    assert spread["spread"] == pytest.approx(max(aucs) - min(aucs))
+    assert "against baselines" in capsys.readouterr().out
+
+
+def test_a_missing_checkpoint_names_those_there_are(run, capsys):
+    assert main(["evaluate", str(run), "--checkpoint", "7"]) == 2
+    assert "checkpoints of steps under" in capsys.readouterr().err
+
+
+def test_xmind_dev_files_are_scored_in_their_own_language(run, tmp_path):
+    """The defect this fixes: dev/de/behaviors.tsv with plain ids (as xMIND's) was scored on
+    the English texts and reported as en."""
+    corpus = run / "corpus"
+    xmind = tmp_path / "xmind"
+    shutil.copytree(corpus / "news", xmind / "news")
+    (xmind / "train").mkdir()
+    shutil.copy(corpus / "train" / "behaviors.tsv", xmind / "train")
+    plain = []
+    for line in (corpus / "dev" / "behaviors.tsv").read_text().splitlines():
+        cols = line.split("\t")
+        cols[3] = " ".join(t.split("@")[0] for t in cols[3].split())
+        cols[4] = " ".join(t.split("@")[0] + t[-2:] for t in cols[4].split())
+        plain.append("\t".join(cols))
+    for lang in ("de", "en"):
+        (xmind / "dev" / lang).mkdir(parents=True)
+        (xmind / "dev" / lang / "behaviors.tsv").write_text("\n".join(plain) + "\n")
+    config = tmp_path / "xmind.yaml"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["data"].update(source="mind", dir=str(xmind), shards_dir=str(tmp_path / "shards"))
+    config.write_text(yaml.safe_dump(saved))
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--data", str(config), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["dev_sets"]) == {"de", "en"}
+    assert set(metrics["dev_sets"]["de"]["by_language"]) == {"de"}
+    assert metrics["dev_sets"]["de"]["overall"]["read"] == len(plain)
+    # every candidate scored for the German set is a German item
+    keys = [key for key, *_ in item_index(tmp_path / "shards")]
+    lines = (out / "de" / "predictions.tsv").read_text().splitlines()[1:]
+    assert lines and all(line.split("\t")[1].endswith("@de") for line in lines)
+    assert all(key in keys for key in {line.split("\t")[1] for line in lines})
+    assert (out / "en" / "prediction.txt").is_file()
+
+
+def test_dev_data_with_another_tokenizer_is_refused(run, tmp_path, capsys):
+    other = tmp_path / "other"
+    assert main(["shard", "--config", str(TINY), f"run_dir={other}", "model.vocab_size=3000"]) == 0
+    code = main(["evaluate", str(run), "--data", str(other / "shards"), "--out", str(tmp_path)])
+    assert code == 2
+    assert "tokenised with another tokenizer" in capsys.readouterr().err
