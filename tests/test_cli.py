@@ -38,3 +38,26 @@ def test_console_script_and_module_entry_points():
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         assert "usage:" in out.stdout
+
+
+def test_a_missing_extra_is_named_before_any_work(capsys, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a)
+    )
+    assert main(["serve", f"run_dir={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "mlrec serve needs fastapi (the serve extra): pip install 'mlrec[serve]'" in err
+    assert not any(tmp_path.iterdir())  # nothing was started or written
+
+
+def test_overrides_may_follow_options(capsys, tmp_path):
+    # argparse's positional slot takes no key=value after an option; the cli does
+    argv = ["evaluate", str(tmp_path), "--out", str(tmp_path / "o"), "eval.max_impressions=5"]
+    assert main(argv) == 2
+    assert "config.yaml not found" in capsys.readouterr().err  # got past argument parsing
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path), "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,14 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from mlrec import io
-from mlrec.data.layout import ITEM_TOKENS, dev_set_name, dev_splits, item_index, shard_paths
+from mlrec.data.layout import (
+    ITEM_TOKENS,
+    dev_set_name,
+    dev_splits,
+    item_index,
+    load_manifest,
+    shard_paths,
+)
 from mlrec.data.loader import read_impressions
 from mlrec.data.rows import DUPLICATE_IMPRESSION, DataError
 from mlrec.evaluation.encode import TorchItems, encode_rows
@@ -93,24 +101,19 @@ def read_dev(
     return [imp for _, imp in read], limited
 
 
+@dataclass
 class ModelScorer:
     """The recommender as a BatchScorer: the impressions' items encoded once (each distinct row
     once), users from their last `max_history` clicks, dot products in float32 even under mixed
     precision (half-precision scores tie often, and ties are where our AUC, a tie counting half,
     and rank-based scorers such as MIND's prediction.txt part ways)."""
 
-    def __init__(
-        self,
-        model: Recommender,
-        accelerator: Accelerator,
-        shards_dir: str | Path,
-        pad_id: int,
-        batch_size: int,
-        max_history: int,
-    ) -> None:
-        self.model, self.accelerator = model, accelerator
-        self.table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
-        self.pad_id, self.batch_size, self.max_history = pad_id, batch_size, max_history
+    model: Recommender
+    accelerator: Accelerator
+    table: np.ndarray  # the item table (items/tokens.npy), memory-mapped
+    pad_id: int
+    batch_size: int
+    max_history: int
 
     def __call__(self, impressions: Sequence[Impression]) -> list[np.ndarray]:
         device, last = self.accelerator.device, self.max_history
@@ -186,6 +189,16 @@ def _transfer(
     return report
 
 
+def source_rows(shards_dir: str | Path, split: str) -> dict[str, Any]:
+    """The behaviors file a dev set was sharded from, and its row accounting there: rows read,
+    kept, and skipped by reason (data.on_error=skip), so a skip made at shard time is stated in
+    metrics.json too, never only in a manifest nobody reads."""
+    manifest = load_manifest(shards_dir)
+    path = manifest["splits"][split]["source"]["path"]
+    counts = manifest["rows"]["files"].get(path, {})
+    return {"path": path, **{k: counts[k] for k in ("rows", "kept", "skipped") if k in counts}}
+
+
 def evaluate_split(
     split: str,
     shards_dir: str | Path,
@@ -202,6 +215,7 @@ def evaluate_split(
     results = outcomes(impressions, scorers[model], accelerator)
     metrics = summary(results)
     metrics["spread"] = spread(metrics["by_language"])
+    metrics["source"] = source_rows(shards_dir, split)
     if limited:
         metrics["limited_to"] = max_impressions
     if baselines:
@@ -233,8 +247,9 @@ def evaluate(
     metrics.json and the scores behind it there (see the module docstring)."""
     was_training = model.training
     model.eval()
+    table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
     scorers = {
-        "model": ModelScorer(model, accelerator, shards_dir, pad_id, batch_size, max_history),
+        "model": ModelScorer(model, accelerator, table, pad_id, batch_size, max_history),
         **(baselines or {}),
     }
     keys = [row[0] for row in item_index(shards_dir)]

@@ -93,3 +93,25 @@ def test_dev_data_with_another_tokenizer_is_refused(run, tmp_path, capsys):
     code = main(["evaluate", str(run), "--data", str(other / "shards"), "--out", str(tmp_path)])
     assert code == 2
     assert "tokenised with another tokenizer" in capsys.readouterr().err
+
+
+def test_rows_skipped_at_shard_time_are_stated_in_metrics(run, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(run / "corpus", corpus)
+    dev = corpus / "dev" / "behaviors.tsv"
+    lines = dev.read_text().splitlines()
+    cols = lines[3].split("\t")
+    cols[4] = cols[4].replace("-1", "-0")  # an impression without a click
+    lines[3] = "\t".join(cols)
+    dev.write_text("\n".join(lines) + "\n")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["data"].update(
+        source="mind", dir=str(corpus), on_error="skip", shards_dir=str(tmp_path / "shards")
+    )
+    config = tmp_path / "skip.yaml"
+    config.write_text(yaml.safe_dump(saved))
+    assert main(["evaluate", str(run), "--data", str(config), "--out", str(tmp_path / "e")]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["source"]["path"] == str(dev)
+    assert metrics["source"]["skipped"] == {"no clicked candidate": 1}
+    assert metrics["source"]["rows"] == len(lines) == metrics["overall"]["read"] + 1
