@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mlrec.config import Config
+from mlrec.config import Config, ConfigError
 from mlrec.models.adapters import adapt_backbone
 from mlrec.models.recommender import Recommender, build_recommender
 from mlrec.runs import MODEL_WEIGHTS, STATE_FILE, ZERO_WEIGHTS_DIR
@@ -25,8 +25,24 @@ from mlrec.runs import MODEL_WEIGHTS, STATE_FILE, ZERO_WEIGHTS_DIR
 TRAINING_ONLY = ("head.",)
 
 
-class CheckpointError(ValueError):
-    """A checkpoint folder is incomplete, or its weights do not fit the configured model."""
+class CheckpointError(ConfigError):
+    """A checkpoint folder is incomplete, or does not fit the configured model or shards (the
+    command line reports it as it reports a config error: exit 2, one line)."""
+
+
+def same_tokenizer(
+    state: dict, manifest: dict, checkpoint: str | Path, shards_dir: str | Path
+) -> None:
+    """Refuse a checkpoint trained on other token ids than the shards' (its trainer_state.json
+    records the tokenizer's sha256; checkpoints from before it did are taken as they are)."""
+    theirs = state.get("tokenizer_sha256")
+    ours = manifest["tokenizer"]["sha256"]
+    if theirs is not None and theirs != ours:
+        raise CheckpointError(
+            f"{checkpoint} was trained with another tokenizer (sha256 {theirs[:12]}) than the one "
+            f"of {shards_dir} ({ours[:12]}): its token ids mean other tokens there; evaluate it "
+            "on the shards it was trained on, or train again"
+        )
 
 
 def checkpoint_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
@@ -56,7 +72,12 @@ def load_trained(
     state = {
         k: v for k, v in checkpoint_weights(checkpoint).items() if not k.startswith(TRAINING_ONLY)
     }
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shapes differ: another vocabulary or width
+        raise CheckpointError(
+            f"{checkpoint} does not fit the configured model: {str(err).splitlines()[1].strip()}"
+        ) from None
     if missing or unexpected:
         raise CheckpointError(
             f"{checkpoint} does not fit the configured model ({len(missing)} missing, "

@@ -8,6 +8,7 @@ checkpoint, so a resumed run continues exactly where the interrupted one stopped
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -30,7 +31,8 @@ from mlrec.evaluation.metrics import METRICS, format_table
 from mlrec.evaluation.ranking import evaluate
 from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
 from mlrec.models.recommender import Recommender, build_recommender, target_columns
-from mlrec.runs import latest_checkpoint
+from mlrec.models.trained import same_tokenizer
+from mlrec.runs import STATE_FILE, latest_checkpoint
 from mlrec.train import adalora_deepspeed
 from mlrec.train.checkpoint import load_checkpoint, save_checkpoint
 from mlrec.train.signals import Preempted, StopSignals
@@ -162,6 +164,9 @@ class Trainer:
             "samples_seen": self.samples_seen,
             "tokens_seen": self.tokens_seen,
             "world_size": self.accelerator.num_processes,
+            # the token ids the weights were trained on: a re-shard with another tokenizer
+            # renumbers them, and the model would score other tokens without a word
+            "tokenizer_sha256": self.manifest["tokenizer"]["sha256"],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -183,6 +188,9 @@ class Trainer:
         path = latest_checkpoint(self.checkpoint_root) if which == "latest" else Path(which)
         if path is None:
             return False
+        if (path / STATE_FILE).is_file():  # before the weights: they would not even fit
+            recorded = json.loads((path / STATE_FILE).read_text())
+            same_tokenizer(recorded, self.manifest, path, self.cfg.shards_dir)
         state = load_checkpoint(self.accelerator, path)
         if to_train and state["world_size"] != self.accelerator.num_processes:
             raise ConfigError(
