@@ -24,5 +24,9 @@ def test_quickstart_learns_and_writes_everything(tmp_path):
     assert (run / "config.yaml").is_file()
     assert list((run / "tb").glob("events.out.tfevents.*"))
     assert AutoModel.from_pretrained(str(run / "export")).config.model_type == "xlm-roberta"
-    for where in ("corpus", "shards", "tb", "metrics.json", "export"):
-        assert where in out.stdout  # it says where everything went
+    for where in ("corpus", "shards", "tb", "eval", "export"):
+        assert str(run / where) in out.stdout  # it says where everything went
+    assert (run / "eval" / "prediction.txt").is_file()
+    # the model beside the popularity baseline, on the same impressions
+    assert "against baselines" in out.stdout and "popularity" in out.stdout
+    assert metrics["baselines"]["popularity"]["overall"]["read"] == metrics["overall"]["read"]
