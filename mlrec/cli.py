@@ -143,7 +143,7 @@ def _config(args: argparse.Namespace) -> Config:
     if run is None:
         return load_config(args.config, overrides)
     # `serve` takes an export folder, the other stages a run directory; each holds its config
-    if args.stage == "serve":
+    if args.stage == "serve" or _is_export(args):
         saved, key, what = run / "mlrec_config.yaml", "export.dir", "an mlrec export folder"
     else:
         saved, key, what = run / "config.yaml", "run_dir", "an mlrec run directory"
@@ -183,6 +183,17 @@ def _tables(metrics: dict) -> str:
 
     comparison = format_comparison(metrics)
     return format_table(metrics) + (f"\n\nagainst baselines:\n{comparison}" if comparison else "")
+
+
+def _is_export(args: argparse.Namespace) -> bool:
+    """`mlrec evaluate EXPORT_DIR`: an export folder (mlrec_config.yaml) rather than a run."""
+    run = getattr(args, "run", None)
+    return (
+        args.stage == "evaluate"
+        and run is not None
+        and (run / "mlrec_config.yaml").is_file()
+        and not (run / "config.yaml").is_file()
+    )
 
 
 def quickstart(cfg: Config) -> None:
@@ -244,7 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.stage == "evaluate":
             metrics = pipeline.evaluate(
-                cfg, checkpoint=args.checkpoint, data=args.data, out=args.out
+                cfg,
+                checkpoint=args.checkpoint,
+                data=args.data,
+                out=args.out,
+                export=args.run if _is_export(args) else None,
             )
             print(_tables(metrics))
         elif args.stage == "distill":

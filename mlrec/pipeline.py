@@ -157,6 +157,33 @@ def _data_of(cfg: Config, shards_dir: Path):
     return data, other.corpus_dir
 
 
+def _exported_model(
+    cfg: Config, export: Path, checkpoint: str | None, data: Path | None, out: Path | None
+):
+    """(model, shards folder, output folder) to evaluate an export folder with."""
+    from mlrec.data.layout import TOKENIZER_DIR
+    from mlrec.data.tokenizer import load_tokenizer
+    from mlrec.export.hf import load_export
+
+    if checkpoint is not None:
+        raise ConfigError("--checkpoint is for run directories; an export holds one model")
+    if out is None:
+        raise ConfigError(f"evaluating the export {export} needs --out DIR (it is not written to)")
+    model, tokenizer, _ = load_export(export)
+    shards_dir = cfg.shards_dir if data is None else data
+    if data is not None and not (data / "manifest.json").is_file():
+        raise ConfigError(f"--data {data}: an export is evaluated on a shards folder")
+    if not (shards_dir / "manifest.json").is_file():
+        raise FileNotFoundError(
+            f"{shards_dir} (the export's data.shards_dir) holds no shards: name some with --data"
+        )
+    if load_tokenizer(shards_dir / TOKENIZER_DIR).get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"{shards_dir} was tokenised with another vocabulary than the export {export}'s"
+        )
+    return model, shards_dir, out
+
+
 def evaluation_shards(cfg: Config, data: Path | None) -> Path:
     """The shards to evaluate on: the run's own, a shards folder, or the shards a config names
     (written first if needed, with the run's tokenizer so the model reads them as trained). The
@@ -190,15 +217,20 @@ def evaluate(
     checkpoint: str | None = None,
     data: Path | None = None,
     out: Path | None = None,
+    export: Path | None = None,
 ) -> dict[str, Any]:
-    """A checkpoint of the run (latest by default) on its dev sets or on other dev data, with
-    the baselines and the transfer report, written to `out` (default <run_dir>/eval)."""
+    """A checkpoint of the run (latest by default), or an `export` folder, on its dev sets or
+    on other dev data, with the baselines and the transfer report, written to `out` (default
+    <run_dir>/eval; an export's folder is never written to, so `out` is required there)."""
     from mlrec.data.layout import load_manifest
     from mlrec.evaluation.ranking import evaluate as score
     from mlrec.train.trainer import build_accelerator, close_accelerator
 
-    model, _ = trained_model(cfg, checkpoint)
-    shards_dir = evaluation_shards(cfg, data)
+    if export is None:
+        model, _ = trained_model(cfg, checkpoint)
+        shards_dir = evaluation_shards(cfg, data)
+    else:
+        model, shards_dir, out = _exported_model(cfg, export, checkpoint, data, out)
     accelerator = build_accelerator(cfg)
     try:
         return score(

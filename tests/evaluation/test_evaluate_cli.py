@@ -130,3 +130,18 @@ def test_a_checkpoint_of_another_tokenizer_is_refused(run, tmp_path, capsys):
     assert "was trained with another tokenizer" in capsys.readouterr().err
     assert main(["train", "--config", config, "train.resume=latest", "train.steps=30"]) == 2
     assert "was trained with another tokenizer" in capsys.readouterr().err
+
+
+def test_an_export_scores_as_its_checkpoint(run, tmp_path, capsys):
+    assert main(["export", str(run), "export.onnx=false", "export.catalog_vectors=false"]) == 0
+    export = run / "export"
+    files = sorted(export.rglob("*"))
+    assert main(["evaluate", str(export)]) == 2
+    assert "needs --out" in capsys.readouterr().err
+    assert main(["evaluate", str(export), "--out", str(tmp_path / "e")]) == 0
+    from_export = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert main(["evaluate", str(run), "--out", str(tmp_path / "c")]) == 0
+    from_checkpoint = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    for lang, row in from_checkpoint["by_language"].items():
+        assert from_export["by_language"][lang]["auc"] == pytest.approx(row["auc"], abs=1e-5)
+    assert sorted(export.rglob("*")) == files  # nothing written into the export
