@@ -229,3 +229,28 @@ def test_real_gettext_pairs_in_many_languages(tmp_path):
     counts = {lang: sum(p.tgt_lang == lang for p in pairs.train) for lang in langs}
     assert all(n >= 1000 for n in counts.values()), counts
     assert all(len(pairs.heldout[lang]) == 40 for lang in langs)
+
+
+@pytest.mark.multiproc
+def test_alignment_runs_on_two_processes(tmp_path):
+    """Alignment is on accelerate as training is: two real processes on gloo, each taking its
+    share of every batch, one aligned encoder written by the main process."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", "29541", "-m", "mlrec", "align", "--config", str(TINY),
+        f"run_dir={tmp_path}", "data.synthetic.languages=[en, de]", "align.teacher=muse",
+        "align.steps=6", "align.warmup_steps=1", "align.heldout_per_language=20",
+        "align.batch_size=16", "align.max_tokens=16", "train.log_every=3",
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    record = json.loads((tmp_path / "aligned" / "align.json").read_text())
+    assert record["steps"] == 6 and record["teacher"].startswith("muse")
+    assert set(record["retrieval"]["student"]) == {"de", "mean"}
+    assert AutoModel.from_pretrained(str(tmp_path / "aligned")).config.hidden_size == 32
