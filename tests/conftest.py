@@ -32,3 +32,18 @@ def tiny_config(run_dir: Path, *overrides: str):
     from mlrec.config import load_config
 
     return load_config(TINY, [f"run_dir={run_dir}", *overrides])
+
+
+def write_xmind_dev(corpus: Path, root: Path, languages) -> int:
+    """The dev impressions of a generated corpus with plain MIND ids (no "@lang"), written once
+    per language as xMIND lays dev sets out, root/dev/<lang>/behaviors.tsv; returns the rows."""
+    plain = []
+    for line in (corpus / "dev" / "behaviors.tsv").read_text().splitlines():
+        cols = line.split("\t")
+        cols[3] = " ".join(t.split("@")[0] for t in cols[3].split())
+        cols[4] = " ".join(t.split("@")[0] + t[-2:] for t in cols[4].split())
+        plain.append("\t".join(cols))
+    for lang in languages:
+        (root / "dev" / lang).mkdir(parents=True)
+        (root / "dev" / lang / "behaviors.tsv").write_text("\n".join(plain) + "\n")
+    return len(plain)

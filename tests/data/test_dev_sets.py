@@ -11,7 +11,7 @@ from mlrec.data.corpus import behaviors_files
 from mlrec.data.layout import dev_splits, item_index, load_manifest, shard_paths
 from mlrec.data.loader import read_impressions
 from mlrec.data.shards import ShardInputs, build_shards
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_xmind_dev
 
 
 def _xmind(tmp_path, corpus):
@@ -24,17 +24,7 @@ def _xmind(tmp_path, corpus):
     for lang in languages:
         (root / "news" / lang).mkdir(parents=True)
         shutil.copy(corpus / "news" / f"{lang}.tsv", root / "news" / lang / "news.tsv")
-    dev = (corpus / "dev" / "behaviors.tsv").read_text().splitlines()
-    plain = []
-    for line in dev:
-        cols = line.split("\t")
-        cols[3] = " ".join(t.split("@")[0] for t in cols[3].split())
-        cols[4] = " ".join(t.split("@")[0] + t[-2:] for t in cols[4].split())
-        plain.append("\t".join(cols))
-    for lang in ("de", "ru"):
-        (root / "dev" / lang).mkdir(parents=True)
-        (root / "dev" / lang / "behaviors.tsv").write_text("\n".join(plain) + "\n")
-    return root, len(plain)
+    return root, write_xmind_dev(corpus, root, ("de", "ru"))
 
 
 @pytest.fixture(scope="module")

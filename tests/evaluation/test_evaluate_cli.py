@@ -10,7 +10,7 @@ import yaml
 
 from mlrec.cli import main
 from mlrec.data.layout import item_index
-from tests.conftest import TINY
+from tests.conftest import TINY, write_xmind_dev
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +60,7 @@ def test_xmind_dev_files_are_scored_in_their_own_language(run, tmp_path):
     shutil.copytree(corpus / "news", xmind / "news")
     (xmind / "train").mkdir()
     shutil.copy(corpus / "train" / "behaviors.tsv", xmind / "train")
-    plain = []
-    for line in (corpus / "dev" / "behaviors.tsv").read_text().splitlines():
-        cols = line.split("\t")
-        cols[3] = " ".join(t.split("@")[0] for t in cols[3].split())
-        cols[4] = " ".join(t.split("@")[0] + t[-2:] for t in cols[4].split())
-        plain.append("\t".join(cols))
-    for lang in ("de", "en"):
-        (xmind / "dev" / lang).mkdir(parents=True)
-        (xmind / "dev" / lang / "behaviors.tsv").write_text("\n".join(plain) + "\n")
+    rows = write_xmind_dev(corpus, xmind, ("de", "en"))
     config = tmp_path / "xmind.yaml"
     saved = yaml.safe_load((run / "config.yaml").read_text())
     saved["data"].update(source="mind", dir=str(xmind), shards_dir=str(tmp_path / "shards"))
@@ -78,7 +70,7 @@ def test_xmind_dev_files_are_scored_in_their_own_language(run, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["dev_sets"]) == {"de", "en"}
     assert set(metrics["dev_sets"]["de"]["by_language"]) == {"de"}
-    assert metrics["dev_sets"]["de"]["overall"]["read"] == len(plain)
+    assert metrics["dev_sets"]["de"]["overall"]["read"] == rows
     # every candidate scored for the German set is a German item
     keys = [key for key, *_ in item_index(tmp_path / "shards")]
     lines = (out / "de" / "predictions.tsv").read_text().splitlines()[1:]

@@ -134,32 +134,20 @@ def test_zero3_adapters_are_whole_and_reload_to_the_same_scores(
     )
     set_seed(cfg.seed)
     pad = load_manifest(tiny_shards)["tokenizer"]["pad_token_id"]
-    model = load_adapter(build_recommender(cfg.model, 0, pad), adapter)
-    metrics = evaluate(
-        model,
-        Accelerator(cpu=True),
-        tiny_shards,
-        pad,
-        batch_size=64,
-        max_history=cfg.data.max_history,
-    )
     trained = json.loads((run / "eval" / "metrics.json").read_text())
-    for key in ("auc", "mrr", "ndcg@10"):
-        assert metrics["overall"][key] == pytest.approx(trained["overall"][key], abs=1e-5)
 
+    def scores_as_trained(model):
+        metrics = evaluate(
+            model, Accelerator(cpu=True), tiny_shards, pad,
+            batch_size=64, max_history=cfg.data.max_history,
+        )  # fmt: skip
+        for key in ("auc", "mrr", "ndcg@10"):
+            assert metrics["overall"][key] == pytest.approx(trained["overall"][key], abs=1e-5)
+
+    scores_as_trained(load_adapter(build_recommender(cfg.model, 0, pad), adapter))
     # export's path: the model alone from the ZeRO-3 checkpoint (partitions consolidated on
     # CPU, no optimizer, no accelerator), scoring as the trained model did
     from mlrec.models.trained import load_trained
     from mlrec.runs import checkpoint_root, latest_checkpoint
 
-    restored = load_trained(cfg, latest_checkpoint(checkpoint_root(run)), 0, pad)
-    metrics = evaluate(
-        restored,
-        Accelerator(cpu=True),
-        tiny_shards,
-        pad,
-        batch_size=64,
-        max_history=cfg.data.max_history,
-    )
-    for key in ("auc", "mrr", "ndcg@10"):
-        assert metrics["overall"][key] == pytest.approx(trained["overall"][key], abs=1e-5)
+    scores_as_trained(load_trained(cfg, latest_checkpoint(checkpoint_root(run)), 0, pad))
