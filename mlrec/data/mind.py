@@ -70,11 +70,22 @@ class Impression:
         return Counter(lang for _, lang in self.candidates).most_common(1)[0][0]
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def line_bytes(number: int, raw: bytes) -> bytes:
+    """A line without its line end, and line 1 without a UTF-8 byte-order mark (editors on
+    Windows write one; kept, it glues onto the first news or impression id, which then matches
+    nothing and the error blames another file)."""
+    raw = raw.rstrip(b"\r\n")
+    return raw.removeprefix(UTF8_BOM) if number == 1 else raw
+
+
 def raw_rows(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, bytes without the line end) of every non-blank line."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            raw = raw.rstrip(b"\r\n")
+            raw = line_bytes(number, raw)
             if raw:
                 yield number, raw
 

@@ -38,6 +38,7 @@ from mlrec.config import Config, DataConfig
 from mlrec.data.corpus import Behaviors, behaviors_files, prepare_corpus
 from mlrec.data.items import build_items
 from mlrec.data.layout import ITEMS_RECORD, MANIFEST, item_keys
+from mlrec.data.mind import line_bytes
 from mlrec.data.rows import DUPLICATE_IMPRESSION, DataError, RowLog
 from mlrec.data.samples import SampleEncoder
 from mlrec.data.tars import TarWriter
@@ -114,7 +115,7 @@ def repeated_impressions(path: Path) -> dict[int, tuple[int, int]]:
     ids, lines = array("q"), array("q")
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            head = raw.split(b"\t", 1)[0].strip()
+            head = line_bytes(number, raw).split(b"\t", 1)[0].strip()
             if head.isdigit():  # other rows are rejected by the row parser, with their reason
                 ids.append(int(head))
                 lines.append(number)
@@ -181,7 +182,7 @@ def write_unit(job: UnitJob) -> dict[str, Any]:
     with ExitStack() as open_tars, open(source, "rb") as handle:
         handle.seek(unit.offset)
         for number, raw in enumerate(handle, start=unit.first_line):
-            raw = raw.rstrip(b"\r\n")
+            raw = line_bytes(number, raw)
             if not raw:
                 continue
             if taken == job.rows_per_unit:
