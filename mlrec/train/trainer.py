@@ -80,6 +80,10 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
+class Diverged(ConfigError):
+    """The loss became NaN or infinite: continuing would only save and export broken weights."""
+
+
 class Trainer:
     """Owns the model, optimizer, schedule, data position and logs of one run."""
 
@@ -332,6 +336,14 @@ class Trainer:
         if self.adalora is not None:
             rank = adalora_deepspeed.kept_rank if self.deepspeed else adalora_rank
             stats["adalora_rank"] = float(rank(self.adalora))
+        if not math.isfinite(stats["loss"]):
+            # the mean over ranks, so every rank stops here together; nothing of it is saved
+            raise Diverged(
+                f"step {self.step + 1}: the training loss is {stats['loss']}: training diverged "
+                f"(train.lr={self.cfg.train.lr}, train.max_grad_norm="
+                f"{self.cfg.train.max_grad_norm}); lower the learning rate or check the data. "
+                "No checkpoint of this step was written; earlier ones are kept"
+            )
         return stats
 
     def log_step(self, window: list[dict[str, float]]) -> None:

@@ -200,3 +200,14 @@ def test_checkpointing_in_batch_negatives_and_bf16_train(tmp_path, tiny_shards):
     run_mlrec("train", *common, f"run_dir={bf16}", "train.mixed_precision=bf16")
     d = scalars(bf16 / "tb", "train/loss")
     assert [d[s] for s in sorted(d)] == pytest.approx([a[s] for s in sorted(a)], rel=0.05)
+
+
+def test_a_diverged_loss_stops_the_run_before_anything_is_saved(tmp_path, tiny_shards, capsys):
+    """train.lr=inf ran to the end with NaN losses, reported AUC 0.0000, then export died."""
+    from mlrec.cli import main
+
+    run = tmp_path / "nan"
+    argv = ["train", "--config", str(TINY), f"run_dir={run}", f"data.shards_dir={tiny_shards}"]
+    assert main([*argv, "train.lr=inf"]) == 2
+    assert "training diverged" in capsys.readouterr().err
+    assert not (run / "checkpoints").exists() and not (run / "eval").exists()
