@@ -7,7 +7,6 @@ wrote.
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import closing
 from pathlib import Path
@@ -82,12 +81,12 @@ def trained_model(cfg: Config, checkpoint: str | Path | None = None):
     read, they do not train)."""
     from mlrec.data.layout import TOKENIZER_DIR, load_manifest
     from mlrec.data.tokenizer import load_tokenizer
-    from mlrec.models.trained import load_trained, same_tokenizer
-    from mlrec.runs import STATE_FILE, checkpoint_root, find_checkpoint
+    from mlrec.models.trained import load_trained, read_state, same_tokenizer
+    from mlrec.runs import checkpoint_root, find_checkpoint
 
     path = find_checkpoint(checkpoint_root(cfg.run_dir), checkpoint)
     manifest = load_manifest(cfg.shards_dir)
-    same_tokenizer(json.loads((path / STATE_FILE).read_text()), manifest, path, cfg.shards_dir)
+    same_tokenizer(read_state(path), manifest, path, cfg.shards_dir)
     pad_id = manifest["tokenizer"]["pad_token_id"]
     tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
     log.info("model of %s", path)

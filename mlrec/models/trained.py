@@ -10,7 +10,9 @@ fp32 on CPU (its own reader, tensors only).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
@@ -28,6 +30,15 @@ TRAINING_ONLY = ("head.",)
 class CheckpointError(ConfigError):
     """A checkpoint folder is incomplete, or does not fit the configured model or shards (the
     command line reports it as it reports a config error: exit 2, one line)."""
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The trainer's counters of a checkpoint folder (trainer_state.json)."""
+    state_file = Path(path) / STATE_FILE
+    try:
+        return json.loads(state_file.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{state_file} cannot be read ({err})") from None
 
 
 def same_tokenizer(

@@ -15,6 +15,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from mlrec import io
+from mlrec.models.trained import CheckpointError, read_state
 from mlrec.runs import PREFIX, STATE_FILE, checkpoint_dirs
 
 
@@ -44,9 +45,26 @@ def save_checkpoint(
 
 
 def load_checkpoint(accelerator: Accelerator, path: str | Path) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG states; return the trainer's counters."""
+    """Restore model, optimizer, scheduler and RNG states; return the trainer's counters.
+
+    All of it or an error: a checkpoint restored in part (accelerate only logs a missing RNG
+    state, and carries on) would continue a run that is no longer the one it claims to be.
+    """
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a complete mlrec checkpoint (no {STATE_FILE})")
-    accelerator.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text())
+    advice = "resume from an earlier checkpoint (train.resume=<its folder>) or start over"
+    rng = path / f"random_states_{accelerator.process_index}.pkl"
+    broken = [p.name for p in sorted(path.rglob("*")) if p.is_file() and not p.stat().st_size]
+    if not rng.is_file():
+        broken.append(f"{rng.name} (missing)")
+    if broken:
+        raise CheckpointError(f"{path}: {', '.join(broken)} empty or missing; {advice}")
+    state = read_state(path)
+    try:
+        accelerator.load_state(str(path))
+    except Exception as err:  # a truncated file fails in safetensors, torch.load or json
+        raise CheckpointError(
+            f"{path} cannot be restored ({type(err).__name__}: {str(err)[:200]}); {advice}"
+        ) from None
+    return state

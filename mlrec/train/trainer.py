@@ -8,7 +8,6 @@ checkpoint, so a resumed run continues exactly where the interrupted one stopped
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ from mlrec.evaluation.metrics import METRICS, format_table
 from mlrec.evaluation.ranking import evaluate
 from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
 from mlrec.models.recommender import Recommender, build_recommender, target_columns
-from mlrec.models.trained import same_tokenizer
+from mlrec.models.trained import read_state, same_tokenizer
 from mlrec.runs import STATE_FILE, latest_checkpoint
 from mlrec.train import adalora_deepspeed
 from mlrec.train.checkpoint import load_checkpoint, save_checkpoint
@@ -193,8 +192,7 @@ class Trainer:
         if path is None:
             return False
         if (path / STATE_FILE).is_file():  # before the weights: they would not even fit
-            recorded = json.loads((path / STATE_FILE).read_text())
-            same_tokenizer(recorded, self.manifest, path, self.cfg.shards_dir)
+            same_tokenizer(read_state(path), self.manifest, path, self.cfg.shards_dir)
         state = load_checkpoint(self.accelerator, path)
         if to_train and state["world_size"] != self.accelerator.num_processes:
             raise ConfigError(
