@@ -100,11 +100,12 @@ def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
     from mlrec.data.layout import item_index
     from mlrec.evaluation import baselines as base
     from mlrec.evaluation.ranking import per_impression
+    from mlrec.languages import parse_ref
 
     out: dict[str, Any] = {}
     if "popularity" in cfg.eval.baselines:
         trained_on = base.Popularity.from_shards(cfg.shards_dir)
-        rows = [key.rpartition("@")[0] for key, *_ in item_index(shards_dir)]
+        rows = [parse_ref(key, "")[0] for key, *_ in item_index(shards_dir)]
         out["popularity"] = per_impression(base.Popularity(trained_on.clicks, rows).scores)
     if "teacher" in cfg.eval.baselines:
         from mlrec.distill.teachers import load_teacher
