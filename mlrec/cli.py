@@ -200,6 +200,8 @@ def quickstart(cfg: Config) -> None:
     from mlrec import pipeline
 
     start = time.perf_counter()
+    # the quickstart is a demo run again and again in one folder: it starts over each time
+    cfg.train.overwrite = cfg.train.overwrite or not cfg.train.resume
     corpus = pipeline.data(cfg)
     pipeline.shard(cfg)
     metrics = pipeline.train(cfg)

@@ -153,6 +153,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only the final checkpoint
     keep_last: int = 2
     resume: str = ""  # "" | latest | path to a checkpoint directory
+    # a run directory that holds checkpoints is refused unless resumed or, with this, started
+    # over (its checkpoints, eval/ and adapter/ deleted first)
+    overwrite: bool = False
 
 
 @dataclass(kw_only=True)

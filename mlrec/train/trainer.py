@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from mlrec.evaluation.ranking import evaluate
 from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
 from mlrec.models.recommender import Recommender, build_recommender, target_columns
 from mlrec.models.trained import read_state, same_tokenizer
-from mlrec.runs import STATE_FILE, latest_checkpoint
+from mlrec.runs import STATE_FILE, checkpoint_dirs, latest_checkpoint
 from mlrec.train import adalora_deepspeed
 from mlrec.train.checkpoint import load_checkpoint, save_checkpoint
 from mlrec.train.signals import Preempted, StopSignals
@@ -236,6 +237,7 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         cfg = self.cfg.train
+        self.claim_run_dir()
         if self.accelerator.is_main_process:
             self.cfg.save(self.run_dir / "config.yaml")
         if cfg.resume:
@@ -261,6 +263,27 @@ class Trainer:
             self.save()
         self.save_adapter(self.run_dir / ADAPTER_DIR)
         return self.evaluate()
+
+    def claim_run_dir(self) -> None:
+        """Refuse a run directory that holds another run's checkpoints unless this run resumes
+        them or was told to start over: training on regardless mixed the two runs' checkpoints
+        in one rotation (deleting the new ones) and left the old evaluation under the new
+        config."""
+        earlier = checkpoint_dirs(self.checkpoint_root)
+        if not earlier or self.cfg.train.resume:
+            return
+        if not self.cfg.train.overwrite:
+            steps = ", ".join(p.name for p in earlier)
+            raise ConfigError(
+                f"run_dir {self.run_dir} holds checkpoints of an earlier run ({steps}): continue "
+                "it with train.resume=latest, start over with train.overwrite=true (deletes "
+                "them), or choose another run_dir"
+            )
+        if self.accelerator.is_main_process:
+            log.warning("train.overwrite: the earlier run in %s is deleted", self.run_dir)
+            for name in (self.checkpoint_root, self.run_dir / "eval", self.run_dir / ADAPTER_DIR):
+                shutil.rmtree(name, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
 
     def model_outputs(self, batch: dict[str, Any], in_batch: bool):
         """The (prepared) model on a batch: what the loss is computed from."""

@@ -235,3 +235,24 @@ def test_a_checkpoint_that_cannot_be_fully_restored_is_an_error(
     err = capsys.readouterr().err
     assert str(checkpoint) in err and "resume from an earlier checkpoint" in err
     assert "Traceback" not in err
+
+
+def test_a_used_run_directory_is_refused_unless_resumed_or_overwritten(
+    tmp_path, tiny_shards, capsys
+):
+    """Re-running train in a used run directory retrained, the rotation (sorting both runs'
+    checkpoints) deleted the new ones, and evaluate then reported the old run."""
+    from mlrec.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(TINY), f"run_dir={run}", f"data.shards_dir={tiny_shards}"]
+    assert main([*argv, "train.steps=6", "train.warmup_steps=1"]) == 0
+    before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main([*argv, "train.steps=4", "train.warmup_steps=1", "train.lr=1e-4"]) == 2
+    assert "holds checkpoints of an earlier run (step-00000006)" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before  # nothing of the refused run written
+    over = [*argv, "train.steps=4", "train.warmup_steps=1", "train.overwrite=true"]
+    assert main(over) == 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-00000004"]
+    assert "steps: 4" in (run / "config.yaml").read_text()
