@@ -226,6 +226,13 @@ def evaluate(
     from mlrec.evaluation.ranking import evaluate as score
     from mlrec.train.trainer import build_accelerator, close_accelerator
 
+    if export is None and out is None and (checkpoint is not None or data is not None):
+        # <run_dir>/eval holds the latest checkpoint on the run's own dev sets: another
+        # evaluation written there would pass for it
+        raise ConfigError(
+            "--checkpoint or --data need --out DIR: <run_dir>/eval is the evaluation of the "
+            "latest checkpoint on the run's dev sets"
+        )
     if export is None:
         model, _ = trained_model(cfg, checkpoint)
         shards_dir = evaluation_shards(cfg, data)

@@ -32,7 +32,7 @@ from mlrec.evaluation.ranking import evaluate
 from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
 from mlrec.models.recommender import Recommender, build_recommender, target_columns
 from mlrec.models.trained import read_state, same_tokenizer
-from mlrec.runs import STATE_FILE, checkpoint_dirs, latest_checkpoint
+from mlrec.runs import STATE_FILE, checkpoint_dirs, checkpoint_root, latest_checkpoint
 from mlrec.train import adalora_deepspeed
 from mlrec.train.checkpoint import load_checkpoint, save_checkpoint
 from mlrec.train.signals import Preempted, StopSignals
@@ -181,7 +181,7 @@ class Trainer:
 
     @property
     def checkpoint_root(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return checkpoint_root(self.run_dir)
 
     def restore(self, which: str, to_train: bool = True) -> bool:
         """Load `which` ('latest' or a folder); False when 'latest' finds nothing yet.
@@ -270,6 +270,8 @@ class Trainer:
         in one rotation (deleting the new ones) and left the old evaluation under the new
         config."""
         earlier = checkpoint_dirs(self.checkpoint_root)
+        # every rank has looked before the main one may delete: they all take the same branch
+        self.accelerator.wait_for_everyone()
         if not earlier or self.cfg.train.resume:
             return
         if not self.cfg.train.overwrite:

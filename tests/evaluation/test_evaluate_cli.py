@@ -47,8 +47,12 @@ def test_another_checkpoint_to_another_folder_with_baselines_and_transfer(run, t
     assert "against baselines" in capsys.readouterr().out
 
 
-def test_a_missing_checkpoint_names_those_there_are(run, capsys):
-    assert main(["evaluate", str(run), "--checkpoint", "7"]) == 2
+def test_a_missing_checkpoint_names_those_there_are(run, tmp_path, capsys):
+    before = (run / "eval" / "metrics.json").read_bytes()
+    assert main(["evaluate", str(run), "--checkpoint", "10"]) == 2  # would replace eval/
+    assert "need --out DIR" in capsys.readouterr().err
+    assert (run / "eval" / "metrics.json").read_bytes() == before
+    assert main(["evaluate", str(run), "--checkpoint", "7", "--out", str(tmp_path)]) == 2
     assert "checkpoints of steps under" in capsys.readouterr().err
 
 
