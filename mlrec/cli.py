@@ -13,6 +13,7 @@ from pathlib import Path
 from mlrec.config import Config, ConfigError, load_config
 from mlrec.data.rows import DataError
 from mlrec.export.parity import ParityError
+from mlrec.hub import REMOTE_CODE_FLAG, PretrainedError
 from mlrec.train.signals import EXIT_PREEMPTED, Preempted
 
 log = logging.getLogger("mlrec")
@@ -47,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--out", type=Path, default=Path("report"), help="output folder")
             continue
         sub.add_argument("--config", type=Path, help="YAML config (default: built-in quickstart)")
+        sub.add_argument(
+            REMOTE_CODE_FLAG,
+            action="store_true",
+            help="let transformers run Python code shipped with a model or tokenizer (auto_map); "
+            "never read from a config, run or export. Only for models you trust",
+        )
         if name in ("evaluate", "export"):
             sub.add_argument(
                 "run", nargs="?", type=Path, help="a finished run directory (uses its config.yaml)"
@@ -245,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"report: {write_report(args.runs, args.out)}")
             return 0
         cfg = _config(args)
+        if args.trust_remote_code:
+            log.warning("%s: code shipped with the models loaded here may run", REMOTE_CODE_FLAG)
+            cfg.model.trust_remote_code = True
         _check_extras(args.stage, cfg)
         from mlrec import pipeline
 
@@ -268,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pipeline.distill(cfg, cache_teacher=args.cache_teacher)
         else:
             getattr(pipeline, args.stage)(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, PretrainedError, FileNotFoundError) as err:
         print(f"mlrec {args.stage}: error: {err}", file=sys.stderr)
         return 2
     except ParityError as err:

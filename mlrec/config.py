@@ -110,6 +110,8 @@ class ModelConfig:
     # a batch's items are encoded in up to this many groups of similar length, each padded only
     # to its own longest item (mlrec.models.length_groups); 0 encodes the padded block as given
     length_buckets: int = 4
+    # Set only by `--trust-remote-code` on the command line (or by Python code), never read from
+    # a config, run directory or export: an artifact must not decide by itself to run code.
     trust_remote_code: bool = False
 
 
@@ -295,7 +297,10 @@ class Config:
         return Path(self.export.dir) if self.export.dir else Path(self.run_dir) / "export"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        tree = dataclasses.asdict(self)
+        # the opt-in to custom code belongs to one command; a saved config never carries it
+        tree["model"]["trust_remote_code"] = False
+        return tree
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -441,6 +446,12 @@ def _validate_data(cfg: Config, fail: _Fail) -> None:
 
 
 def _validate_model(cfg: Config, fail: _Fail) -> None:
+    if cfg.model.trust_remote_code:
+        fail(
+            "model.trust_remote_code",
+            "cannot be turned on from a config or an override: custom code from a model "
+            "repository runs only when you pass --trust-remote-code on the mlrec command line",
+        )
     if cfg.model.hidden_size % cfg.model.num_heads:
         fail("model.num_heads", f"must divide model.hidden_size ({cfg.model.hidden_size})")
 

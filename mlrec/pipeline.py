@@ -88,7 +88,7 @@ def trained_model(cfg: Config, checkpoint: str | Path | None = None):
     manifest = load_manifest(cfg.shards_dir)
     same_tokenizer(read_state(path), manifest, path, cfg.shards_dir)
     pad_id = manifest["tokenizer"]["pad_token_id"]
-    tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
+    tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR, cfg.model.trust_remote_code)
     log.info("model of %s", path)
     return load_trained(cfg, path, len(tokenizer), pad_id), tokenizer
 
@@ -110,7 +110,7 @@ def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
     if "teacher" in cfg.eval.baselines:
         from mlrec.distill.teachers import load_teacher
 
-        teacher = load_teacher(cfg.eval.teacher)
+        teacher = load_teacher(cfg.eval.teacher, trust_remote_code=cfg.model.trust_remote_code)
         data, corpus = _data_of(cfg, shards_dir)
         files = news_files(data, corpus)
         texts = base.item_texts(shards_dir, files, data.text_fields, data.on_error)
@@ -169,7 +169,7 @@ def _exported_model(
         raise ConfigError("--checkpoint is for run directories; an export holds one model")
     if out is None:
         raise ConfigError(f"evaluating the export {export} needs --out DIR (it is not written to)")
-    model, tokenizer, _ = load_export(export)
+    model, tokenizer, _ = load_export(export, cfg.model.trust_remote_code)
     shards_dir = cfg.shards_dir if data is None else data
     if data is not None and not (data / "manifest.json").is_file():
         raise ConfigError(f"--data {data}: an export is evaluated on a shards folder")
@@ -288,8 +288,9 @@ def export_onnx_checked(cfg: Config, out: Path) -> None:
         ) from err
     from mlrec.export.parity import check_parity
 
-    export_onnx(out)
-    report = check_parity(out, cfg.shards_dir, cfg.export.parity_impressions)
+    trust = cfg.model.trust_remote_code
+    export_onnx(out, trust)
+    report = check_parity(out, cfg.shards_dir, cfg.export.parity_impressions, trust)
     if cfg.export.triton:
         from mlrec.export.triton import write_triton_repository
 

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers.processors import TemplateProcessing
 
 from mlrec.config import ConfigError
+from mlrec.hub import from_pretrained
 
 # transformers takes seconds to import: the functions below import it on use, so that modules
 # which only pass a TokenizerSpec on (the data stage, shard slices, the merge) start fast.
@@ -131,4 +132,4 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    return from_pretrained(AutoTokenizer, name_or_path, "tokenizer", trust_remote_code)

@@ -60,7 +60,9 @@ def cache_dir(cfg: Config) -> Path:
 def student_tokenizer(cfg: Config, pairs: ParallelSet, out: Path):
     """The configured tokenizer, the student model's own, or one trained on the parallel text."""
     if cfg.model.tokenizer or cfg.model.name_or_path:
-        return load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+        return load_tokenizer(
+            cfg.model.tokenizer or cfg.model.name_or_path, cfg.model.trust_remote_code
+        )
     texts = [t for p in pairs.train for t in (p.source, p.target)]
     with tempfile.TemporaryDirectory() as tmp:  # saved with the encoder afterwards
         return train_tokenizer(texts, cfg.model.vocab_size, tmp)
@@ -117,7 +119,9 @@ class Aligner:
         self.pairs = load_pairs(cfg.align, cfg.data, cfg.corpus_dir)
         if not self.pairs.train:
             raise ValueError("no training pairs left after holding out align.heldout_per_language")
-        self.teacher = teacher or load_teacher(cfg.align.teacher, cfg.align.teacher_max_tokens)
+        self.teacher = teacher or load_teacher(
+            cfg.align.teacher, cfg.align.teacher_max_tokens, cfg.model.trust_remote_code
+        )
         if cfg.align.student_init == "teacher":
             self.tokenizer, table = self.teacher.vocabulary()
         else:

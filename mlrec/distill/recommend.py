@@ -95,7 +95,9 @@ class Distiller(Trainer):
             raise ConfigError("distill.teacher is empty: name an mlrec export folder")
         from mlrec.export.hf import load_export
 
-        teacher, self.teacher_tokenizer, teacher_cfg = load_export(cfg.distill.teacher)
+        teacher, self.teacher_tokenizer, teacher_cfg = load_export(
+            cfg.distill.teacher, cfg.model.trust_remote_code
+        )
         self.teacher: Recommender | None = teacher.eval().requires_grad_(False)
         self.teacher_name = teacher_record(cfg.distill.teacher)
         self.teacher_dim = teacher.item_encoder.dim
@@ -189,11 +191,13 @@ def cache_teacher(cfg: Config) -> Path:
 
     if not cfg.distill.teacher:
         raise ConfigError("distill.teacher is empty: name an mlrec export folder")
-    teacher, teacher_tok, teacher_cfg = load_export(cfg.distill.teacher)
+    teacher, teacher_tok, teacher_cfg = load_export(
+        cfg.distill.teacher, cfg.model.trust_remote_code
+    )
     manifest = load_manifest(cfg.shards_dir)
     pad_id = manifest["tokenizer"]["pad_token_id"]
     table = np.load(cfg.shards_dir / ITEM_TOKENS, mmap_mode="r")
-    student_tok = load_tokenizer(cfg.shards_dir / "tokenizer")
+    student_tok = load_tokenizer(cfg.shards_dir / "tokenizer", cfg.model.trust_remote_code)
     if teacher_tok.get_vocab() != student_tok.get_vocab():
         texts = student_tok.batch_decode(table.astype(np.int64), skip_special_tokens=True)
         enc = teacher_tok(

@@ -75,18 +75,24 @@ class MuseTeacher:
 class HFTeacher:
     """A Hugging Face encoder, mean-pooled; an mlrec export also applies its item projection."""
 
-    def __init__(self, name_or_path: str, max_tokens: int = 128, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        name_or_path: str,
+        max_tokens: int = 128,
+        batch_size: int = 64,
+        trust_remote_code: bool = False,
+    ) -> None:
         from mlrec.data.tokenizer import load_tokenizer
         from mlrec.export.hf import CONFIG_FILE, load_export
         from mlrec.models.recommender import ItemEncoder, load_backbone
 
         path = Path(name_or_path)
         if (path / CONFIG_FILE).is_file():
-            recommender, self.tokenizer, _ = load_export(path)
+            recommender, self.tokenizer, _ = load_export(path, trust_remote_code)
             self.encoder = recommender.item_encoder
         else:
-            self.tokenizer = load_tokenizer(name_or_path)
-            self.encoder = ItemEncoder(load_backbone(name_or_path), "mean", 0)
+            self.tokenizer = load_tokenizer(name_or_path, trust_remote_code)
+            self.encoder = ItemEncoder(load_backbone(name_or_path, trust_remote_code), "mean", 0)
         self.encoder.eval().requires_grad_(False)
         self.dim = self.encoder.dim
         self.name = f"hf:{name_or_path}:{weights_digest(path)}"
@@ -120,7 +126,7 @@ def weights_digest(path: str | Path) -> str:
     return io.files_digest(files) if files else "hub"
 
 
-def load_teacher(name: str, max_tokens: int = 128) -> Teacher:
+def load_teacher(name: str, max_tokens: int = 128, trust_remote_code: bool = False) -> Teacher:
     if not name:
         raise ConfigError(
             "align.teacher is empty: set it to muse, a Hugging Face id or folder, or an mlrec "
@@ -128,7 +134,7 @@ def load_teacher(name: str, max_tokens: int = 128) -> Teacher:
         )
     if name == MUSE:
         return MuseTeacher()
-    return HFTeacher(name, max_tokens)
+    return HFTeacher(name, max_tokens, trust_remote_code=trust_remote_code)
 
 
 def cached_embeddings(teacher: Teacher, texts: list[str], cache_dir: str | Path) -> np.ndarray:

@@ -39,7 +39,6 @@ def onnx_path(export_dir: str | Path, tower: str, precision: str) -> Path:
 
 
 class Backend(ItemEncoderFn, Protocol):
-
     def users(self, history: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """float32 [batch, history, dim] and int64 [batch, history] -> float32 [batch, dim]."""
 
@@ -47,10 +46,12 @@ class Backend(ItemEncoderFn, Protocol):
 class TorchBackend:
     """The exported model rebuilt in mlrec (safetensors only), in eval mode."""
 
-    def __init__(self, export_dir: str | Path, threads: int = 0) -> None:
+    def __init__(
+        self, export_dir: str | Path, threads: int = 0, trust_remote_code: bool = False
+    ) -> None:
         if threads:
             torch.set_num_threads(threads)
-        self.model, self.tokenizer, self.cfg = load_export(export_dir)
+        self.model, self.tokenizer, self.cfg = load_export(export_dir, trust_remote_code)
         self.dim = self.model.item_encoder.dim
 
     @torch.no_grad()
@@ -96,9 +97,11 @@ class OnnxBackend:
         return self.sessions["user"].run(None, {"history": history, "mask": mask})[0]
 
 
-def load_backend(export_dir: str | Path, name: str, threads: int = 0) -> Backend:
+def load_backend(
+    export_dir: str | Path, name: str, threads: int = 0, trust_remote_code: bool = False
+) -> Backend:
     if name == "torch":
-        return TorchBackend(export_dir, threads)
+        return TorchBackend(export_dir, threads, trust_remote_code)
     if name in ("onnx", "onnx-int8"):
         return OnnxBackend(export_dir, "int8" if name == "onnx-int8" else "fp32", threads)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

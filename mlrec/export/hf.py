@@ -68,8 +68,13 @@ def export_model(model: Recommender, tokenizer, cfg: Config, out_dir: str | Path
     return out
 
 
-def load_export(export_dir: str | Path) -> tuple[Recommender, object, Config]:
-    """Rebuild the recommender, its tokenizer and config from an export folder (no pickle)."""
+def load_export(
+    export_dir: str | Path, trust_remote_code: bool = False
+) -> tuple[Recommender, object, Config]:
+    """Rebuild the recommender, its tokenizer and config from an export folder (no pickle).
+
+    Code shipped in the folder runs only with trust_remote_code, which is the caller's to give:
+    the saved config never turns it on (mlrec.hub)."""
     export_dir = Path(export_dir)
     # Pickled weights (pytorch_model.bin) can run code when loaded: only safetensors are read.
     if not any((export_dir / name).is_file() for name in SAFETENSORS_FILES):
@@ -80,7 +85,7 @@ def load_export(export_dir: str | Path) -> tuple[Recommender, object, Config]:
     cfg = config_from_dict(
         yaml.safe_load((export_dir / CONFIG_FILE).read_text()), str(export_dir / CONFIG_FILE)
     )
-    backbone = load_backbone(str(export_dir), cfg.model.trust_remote_code)
+    backbone = load_backbone(str(export_dir), trust_remote_code)
     item_encoder = ItemEncoder(
         backbone, cfg.model.pooling, cfg.model.projection_dim, cfg.model.length_buckets
     )
@@ -96,5 +101,5 @@ def load_export(export_dir: str | Path) -> tuple[Recommender, object, Config]:
             if k.startswith("user_encoder.")
         }
     )
-    tokenizer = load_tokenizer(export_dir, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(export_dir, trust_remote_code)
     return model.eval(), tokenizer, cfg

@@ -98,11 +98,11 @@ def _fused(fp32: Path, config, out: Path) -> Path:
     return out
 
 
-def export_onnx(export_dir: str | Path) -> dict[str, Path]:
+def export_onnx(export_dir: str | Path, trust_remote_code: bool = False) -> dict[str, Path]:
     """Write the fp32 and int8 ONNX models of an export; returns their paths."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model, _, _ = load_export(export_dir)
+    model, _, _ = load_export(export_dir, trust_remote_code)
     backbone = model.item_encoder.backbone
     # Traced attention as explicit matmul/softmax: the optimizer recognises that pattern, not
     # the decomposed scaled_dot_product_attention (the parity check holds both to torch).

@@ -56,14 +56,19 @@ def _score(backend, table, impressions, pad_id, batch_size, max_history) -> dict
     return {"items": items, "users": users, "top": np.asarray(top), "auc": float(np.mean(aucs))}
 
 
-def check_parity(export_dir: str | Path, shards_dir: str | Path, impressions: int) -> dict:
+def check_parity(
+    export_dir: str | Path,
+    shards_dir: str | Path,
+    impressions: int,
+    trust_remote_code: bool = False,
+) -> dict:
     """Compare the ONNX models of `export_dir` with torch; write the report; raise on failure."""
     from mlrec.data.layout import ITEM_TOKENS, dev_splits, load_manifest, shard_paths
     from mlrec.data.loader import read_impressions
     from mlrec.export.backends import OnnxBackend, TorchBackend
 
     export_dir = Path(export_dir)
-    reference = TorchBackend(export_dir)
+    reference = TorchBackend(export_dir, trust_remote_code=trust_remote_code)
     cfg = reference.cfg
     # the first dev set: parity compares backends, one held-out set is enough
     first = dev_splits(shards_dir)[0]

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel, XLMRobertaConfig
 
 from mlrec.config import ModelConfig
+from mlrec.hub import from_pretrained
 from mlrec.models.attention import use_mlrec_attention
 from mlrec.models.length_groups import length_groups
 from mlrec.models.packed_encoder import packable, packed_hidden_states
@@ -64,11 +65,12 @@ def _gathered(params: list[torch.nn.Parameter]):
 def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
     """A pretrained encoder from the hub or a folder, without the pooler mlrec does not use, and
     with mlrec's attention (`mlrec.models.attention`)."""
-    kwargs = {"trust_remote_code": trust_remote_code}
     try:  # BERT-family poolers go unused, and DDP rejects parameters without gradients
-        backbone = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, **kwargs)
+        backbone = from_pretrained(
+            AutoModel, name_or_path, "model", trust_remote_code, add_pooling_layer=False
+        )
     except TypeError:  # architectures without a pooler do not take the argument
-        backbone = AutoModel.from_pretrained(name_or_path, **kwargs)
+        backbone = from_pretrained(AutoModel, name_or_path, "model", trust_remote_code)
     return use_mlrec_attention(backbone)
 
 

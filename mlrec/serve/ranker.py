@@ -32,8 +32,9 @@ class Ranker:
         from mlrec.data.tokenizer import load_tokenizer
 
         self.cfg = cfg
-        self.backend = load_backend(export_dir, cfg.serve.backend, cfg.serve.threads)
-        self.tokenizer = load_tokenizer(export_dir, trust_remote_code=cfg.model.trust_remote_code)
+        trust = cfg.model.trust_remote_code  # the command line's opt-in, never the export's
+        self.backend = load_backend(export_dir, cfg.serve.backend, cfg.serve.threads, trust)
+        self.tokenizer = load_tokenizer(export_dir, trust)
         self.catalog = Catalog(export_dir, cfg.data.default_language)
         self.vectors_source = load_or_embed(
             self.catalog, export_dir, cfg, self.backend, self.tokenizer.pad_token_id

@@ -171,8 +171,9 @@ def write_catalog_vectors(export_dir: str | Path, cfg: Config, backend_name: str
     (same backend, threads and batch size), and save the vectors into the export."""
     from mlrec.data.tokenizer import load_tokenizer
 
-    backend = load_backend(export_dir, backend_name, cfg.serve.threads)
-    tokenizer = load_tokenizer(export_dir, trust_remote_code=cfg.model.trust_remote_code)
+    trust = cfg.model.trust_remote_code  # the caller's opt-in, never the export's
+    backend = load_backend(export_dir, backend_name, cfg.serve.threads, trust)
+    tokenizer = load_tokenizer(export_dir, trust)
     catalog = Catalog(export_dir, cfg.data.default_language)
     catalog.embed(backend, tokenizer.pad_token_id, cfg.serve.batch_size)
     path = save_vectors(export_dir, backend_name, catalog.vectors)

@@ -94,7 +94,7 @@ class Trainer:
         set_seed(cfg.seed)
         self.manifest = load_manifest(cfg.shards_dir)
         self.pad_id = self.manifest["tokenizer"]["pad_token_id"]
-        self.tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
+        self.tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR, cfg.model.trust_remote_code)
         model = self.build_model()
         # AdaLoRA reallocates ranks itself, every step, from the peft model (not the DDP wrapper)
         self.adalora = model.item_encoder.backbone if cfg.adapter.method == "adalora" else None
