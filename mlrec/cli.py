@@ -14,6 +14,7 @@ from mlrec.config import Config, ConfigError, load_config
 from mlrec.data.rows import DataError
 from mlrec.export.parity import ParityError
 from mlrec.hub import REMOTE_CODE_FLAG, PretrainedError
+from mlrec.locks import FolderInUse
 from mlrec.train.signals import EXIT_PREEMPTED, Preempted
 
 log = logging.getLogger("mlrec")
@@ -278,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pipeline.distill(cfg, cache_teacher=args.cache_teacher)
         else:
             getattr(pipeline, args.stage)(cfg)
-    except (ConfigError, DataError, PretrainedError, FileNotFoundError) as err:
+    except (ConfigError, DataError, PretrainedError, FolderInUse, FileNotFoundError) as err:
         print(f"mlrec {args.stage}: error: {err}", file=sys.stderr)
         return 2
     except ParityError as err:

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from mlrec import io, locks
 from mlrec.config import Config, ConfigError
 from mlrec.data.corpus import behaviors_files, news_files, prepare_corpus
 from mlrec.data.shards import build_shards
+from mlrec.export.parity import ParityError
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +53,29 @@ def shard(
         print(describe(cfg.shards_dir))
         return None
     inputs = shards.ShardInputs.of(cfg)
-    if step == "items":
-        shards.item_table(inputs, progress=True)
-        return None
     if part is not None:
-        written = shards.shard_slice(inputs, *part)
+        # the slices of one job write side by side (a shared lock); the same slice twice, or a
+        # whole sharding run into the folder meanwhile, is refused
+        index, count = part
+        with (
+            locks.locked(cfg.shards_dir, f"writing slices of {cfg.shards_dir}", shared=True),
+            locks.locked(
+                cfg.shards_dir,
+                f"writing slice {index}/{count}",
+                name=f".slice-{index}-of-{count}.lock",
+            ),
+        ):
+            written = shards.shard_slice(inputs, *part)
         log.info("slice %d/%d: %d shard units in %s", *part, written, cfg.shards_dir)
         return None
-    if step == "merge":
-        manifest = shards.merge_shards(inputs)
-    else:
-        manifest = build_shards(inputs, workers=workers)
+    with locks.locked(cfg.shards_dir, f"writing shards into {cfg.shards_dir} ({step})"):
+        if step == "items":
+            shards.item_table(inputs, progress=True)
+            return None
+        if step == "merge":
+            manifest = shards.merge_shards(inputs)
+        else:
+            manifest = build_shards(inputs, workers=workers)
     log.info("shards, item table and manifest: %s", cfg.shards_dir)
     return manifest
 
@@ -224,7 +238,7 @@ def evaluate(
     <run_dir>/eval; an export's folder is never written to, so `out` is required there)."""
     from mlrec.data.layout import load_manifest
     from mlrec.evaluation.ranking import evaluate as score
-    from mlrec.train.trainer import build_accelerator, close_accelerator
+    from mlrec.train.trainer import build_accelerator, close_accelerator, lock_on_main
 
     if export is None and out is None and (checkpoint is not None or data is not None):
         # <run_dir>/eval holds the latest checkpoint on the run's own dev sets: another
@@ -239,7 +253,10 @@ def evaluate(
     else:
         model, shards_dir, out = _exported_model(cfg, export, checkpoint, data, out)
     accelerator = build_accelerator(cfg)
+    lock = None
     try:
+        if out is None:  # <run_dir>/eval is the run's own: not while a training run writes there
+            lock = lock_on_main(accelerator, Path(cfg.run_dir), "evaluating the run")
         return score(
             model.to(accelerator.device),
             accelerator,
@@ -254,6 +271,8 @@ def evaluate(
         )
     finally:
         close_accelerator(accelerator)
+        if lock is not None:
+            locks.release(lock)
 
 
 def export(cfg: Config) -> Path:
@@ -264,17 +283,28 @@ def export(cfg: Config) -> Path:
     if cfg.export.triton and not cfg.export.onnx:
         raise ConfigError("export.triton needs export.onnx: Triton serves the ONNX models")
     model, tokenizer = trained_model(cfg)
-    out = cfg.export_dir
-    export_model(model, tokenizer, cfg, out)
-    log.info("exported to %s (transformers.AutoModel.from_pretrained loads it)", out)
-    if cfg.export.onnx:
-        export_onnx_checked(cfg, out)
-    if cfg.export.catalog_vectors:
-        from mlrec.serve.vectors import write_catalog_vectors
+    final = cfg.export_dir
+    # written beside export.dir and put in its place only when complete and checked: a crash,
+    # kill or failed check leaves the earlier export as it was, never half of a new one
+    with io.staged_folder(final) as out:
+        export_model(model, tokenizer, cfg, out)
+        if cfg.export.onnx:
+            try:
+                export_onnx_checked(cfg, out)
+            except ParityError as err:
+                rejected = final.with_name(f"{final.name}.rejected")
+                io.replace_folder(out, rejected)
+                raise ParityError(
+                    f"{err}\nthe export was not published at {final}; it is kept for "
+                    f"inspection in {rejected}"
+                ) from None
+        if cfg.export.catalog_vectors:
+            from mlrec.serve.vectors import write_catalog_vectors
 
-        # the backend `mlrec serve` runs with this config; without ONNX models only torch can
-        write_catalog_vectors(out, cfg, cfg.serve.backend if cfg.export.onnx else "torch")
-    return out
+            # the backend `mlrec serve` runs with this config; without ONNX only torch can
+            write_catalog_vectors(out, cfg, cfg.serve.backend if cfg.export.onnx else "torch")
+    log.info("exported to %s (transformers.AutoModel.from_pretrained loads it)", final)
+    return final
 
 
 def export_onnx_checked(cfg: Config, out: Path) -> None:

@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "mlrec"
 
-BASE = ("mlrec.languages", "mlrec.io", "mlrec.log", "mlrec.runs", "mlrec.hub")
+BASE = ("mlrec.languages", "mlrec.io", "mlrec.log", "mlrec.runs", "mlrec.hub", "mlrec.locks")
 # layer -> the layers it may import (besides itself); package-level modules count as layers
 RULES: dict[str, tuple[str, ...]] = {
     "mlrec.__init__": (),
@@ -25,6 +25,7 @@ RULES: dict[str, tuple[str, ...]] = {
     "mlrec.log": (),
     "mlrec.runs": (),
     "mlrec.hub": (),
+    "mlrec.locks": (),
     "mlrec.config": BASE,
     "mlrec.data": (*BASE, "mlrec.config"),
     "mlrec.models": (*BASE, "mlrec.config"),

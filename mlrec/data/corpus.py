@@ -35,20 +35,33 @@ def prepare_corpus(data: DataConfig, root: Path) -> Path:
 def news_files(data: DataConfig, root: Path) -> dict[str, list[Path]]:
     """Language -> news.tsv files, from `data.news` or the layout of the folder `root`."""
     if data.news:
-        return {lang: [root / rel for rel in rels] for lang, rels in data.news.items()}
+        return _plain_files(
+            {lang: [root / rel for rel in rels] for lang, rels in data.news.items()}
+        )
     per_language = sorted((root / "news").glob("*.tsv"))
     if per_language:
-        return {p.stem: [p] for p in per_language}
+        return _plain_files({p.stem: [p] for p in per_language})
     folders = sorted((root / "news").glob("*/news.tsv"))  # xMIND's own: news/<lang>/news.tsv
     if folders:
-        return {p.parent.name: [p] for p in folders}
-    mind = [p for p in (root / "train/news.tsv", root / "dev/news.tsv") if p.is_file()]
+        return _plain_files({p.parent.name: [p] for p in folders})
+    mind = [p for p in (root / "train/news.tsv", root / "dev/news.tsv") if p.exists()]
     if mind:
-        return {data.default_language: mind}
+        return _plain_files({data.default_language: mind})
     raise ConfigError(
         f"data.news: no news files found in {root} (looked for news/<lang>.tsv, "
         "news/<lang>/news.tsv and train/news.tsv); list them as data.news: {lang: [path, ...]}"
     )
+
+
+def _plain_files(files: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """The news files as given, once each is known to be a readable file: a folder named like
+    one (news/en.tsv/) would otherwise fail deep inside hashing with a traceback."""
+    for paths in files.values():
+        for path in paths:
+            if path.exists() and not path.is_file():
+                kind = "a folder" if path.is_dir() else "not a regular file"
+                raise ConfigError(f"{path} is {kind}: a news file must be a TSV file")
+    return files
 
 
 def behaviors_file(data: DataConfig, root: Path, split: str) -> Path:
@@ -86,9 +99,7 @@ def behaviors_files(data: DataConfig, root: Path) -> list[Behaviors]:
         return files
     if (root / data.dev_behaviors).is_file():
         return [*files, Behaviors("dev", root / data.dev_behaviors, data.default_language)]
-    per_language = sorted(
-        p for p in root.glob("dev/*/behaviors.tsv") if p.parent.name in languages
-    )
+    per_language = sorted(p for p in root.glob("dev/*/behaviors.tsv") if p.parent.name in languages)
     if not per_language:
         raise ConfigError(
             f"data.dev_behaviors: {root / data.dev_behaviors} not found, nor any "

@@ -116,8 +116,8 @@ def check_parity(
     out.write_text(json.dumps(report, indent=2))
     if failures:
         raise ParityError(
-            "ONNX parity check failed on held-out dev data (report: "
-            f"{out}):\n  " + "\n  ".join(failures)
+            f"ONNX parity check failed on held-out dev data (report: {PARITY_FILE} in the "
+            "export):\n  " + "\n  ".join(failures)
         )
     log.info(
         "ONNX parity: cosine fp32 %.6f, int8 %.6f; AUC change fp32 %+.5f, int8 %+.5f (%s)",

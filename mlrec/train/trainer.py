@@ -20,9 +20,15 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, set_seed
+from accelerate.utils import (
+    GradientAccumulationPlugin,
+    InitProcessGroupKwargs,
+    broadcast_object_list,
+    set_seed,
+)
 from transformers import get_scheduler
 
+from mlrec import locks
 from mlrec.config import Config, ConfigError
 from mlrec.data.layout import TOKENIZER_DIR, load_manifest
 from mlrec.data.loader import train_loader
@@ -70,6 +76,22 @@ def close_accelerator(accelerator: Accelerator) -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Without this, a rank sometimes aborts at interpreter exit (see ENVIRONMENT notes).
         torch.distributed.destroy_process_group()
+
+
+def lock_on_main(accelerator: Accelerator, folder: Path, what: str) -> Path | None:
+    """The main process takes `folder`'s lock (mlrec.locks; the token, or None elsewhere); when
+    another command holds it, every rank raises FolderInUse, not only the main one (the others
+    would wait for it at the next barrier)."""
+    token, refusal = None, [None]
+    if accelerator.is_main_process:
+        try:
+            token = locks.acquire(folder, what)
+        except locks.FolderInUse as err:
+            refusal = [str(err)]
+    refusal = broadcast_object_list(refusal)
+    if refusal[0] is not None:
+        raise locks.FolderInUse(refusal[0])
+    return token
 
 
 def peak_memory_mb() -> float:
@@ -131,6 +153,7 @@ class Trainer:
         self.samples_seen = 0
         self.tokens_seen = 0
         self._writer = None
+        self._lock = None
         # scored beside the model at evaluation (mlrec.evaluation.ranking.BatchScorer); the
         # pipeline sets them, since a teacher baseline comes from outside the training layer
         self.baselines: dict[str, Any] = {}
@@ -237,6 +260,7 @@ class Trainer:
 
     def train(self) -> dict[str, Any]:
         cfg = self.cfg.train
+        self.lock_run_dir()
         self.claim_run_dir()
         if self.accelerator.is_main_process:
             self.cfg.save(self.run_dir / "config.yaml")
@@ -263,6 +287,11 @@ class Trainer:
             self.save()
         self.save_adapter(self.run_dir / ADAPTER_DIR)
         return self.evaluate()
+
+    def lock_run_dir(self) -> None:
+        """Hold the run directory's lock until close(): a second run started in it stops here,
+        on every rank, before it writes anything."""
+        self._lock = lock_on_main(self.accelerator, self.run_dir, f"training into {self.run_dir}")
 
     def claim_run_dir(self) -> None:
         """Refuse a run directory that holds another run's checkpoints unless this run resumes
@@ -458,6 +487,9 @@ class Trainer:
         if self._writer is not None:
             self._writer.close()
         close_accelerator(self.accelerator)
+        if self._lock is not None:
+            locks.release(self._lock)
+            self._lock = None
 
     @property
     def recommender(self) -> Recommender:

@@ -74,5 +74,7 @@ def test_export_exits_non_zero_when_the_onnx_model_is_wrong(trained_run, monkeyp
     assert main(["export", str(trained_run), "export.dir=" + str(trained_run / "bad")]) == 3
     err = capsys.readouterr().err
     assert "ONNX parity check failed" in err and "fp32: minimum cosine" in err
-    report = json.loads((trained_run / "bad" / "onnx" / "parity.json").read_text())
+    # a model that fails its check is not published where serving would pick it up
+    assert not (trained_run / "bad").exists() and "kept for inspection in" in err
+    report = json.loads((trained_run / "bad.rejected" / "onnx" / "parity.json").read_text())
     assert not report["passed"] and report["fp32"]["user_cosine_min"] < 0.999
