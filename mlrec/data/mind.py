@@ -145,12 +145,14 @@ def parse_behavior(raw: bytes, path: Path, number: int, default_language: str) -
             COLUMNS,
         )
     imp_id, user, time, history, impressions = cols
-    try:
-        impression_id = int(imp_id)
-    except ValueError:
+    # ASCII digits only, as the repeated-id pre-pass (mlrec.data.shards) reads them: int() also
+    # takes "+5", "1_000" and other scripts' digits, which could name one impression twice
+    digits = imp_id.strip()
+    if not (digits.isascii() and digits.isdigit()):
         raise DataError(
-            f"{path}:{number}: impression id {imp_id!r} is not an integer", BAD_ID
-        ) from None
+            f"{path}:{number}: impression id {imp_id!r} is not a non-negative integer", BAD_ID
+        )
+    impression_id = int(digits)
     candidates, labels = [], []
     for token in impressions.split():
         ref, dash, label = token.rpartition("-")

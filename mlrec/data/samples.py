@@ -100,6 +100,8 @@ class SampleEncoder:
         """(language, impression id, JSON) of one behaviors row; raises DataError for a bad row."""
         try:
             imp_id, user, _, history, impressions = raw.decode().split("\t")
+            if not (imp_id.isascii() and imp_id.isdigit()):
+                raise ValueError  # "+5", "1_000", other scripts' digits: the reference parser
             impression = int(imp_id)
             shown = impressions.split()
             # "-0"/"-1" endings are exactly what parse_behavior's rpartition("-") accepts

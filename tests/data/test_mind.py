@@ -56,7 +56,7 @@ def test_read_behaviors(tmp_path):
     ("row", "reason"),
     [
         ("2\tU1\ttime\tN1\n", "expected 5"),
-        ("x\tU1\ttime\tN1\tN2-1\n", "not an integer"),
+        ("x\tU1\ttime\tN1\tN2-1\n", "not a non-negative integer"),
         ("2\tU1\ttime\tN1\tN2-3\n", "must end in -1"),
         ("2\tU1\ttime\tN1\t\n", "no impressions"),
     ],
