@@ -39,6 +39,19 @@ LOCK_FILE = ".mlrec.lock"
 _held: dict[Path, list] = {}
 
 
+def _forget_in_child() -> None:
+    """A forked child (a DataLoader worker) shares its parent's lock: were the parent killed,
+    the orphaned worker would hold it until it noticed. The child drops its copies of the lock
+    files; close only: flock(LOCK_UN) would release the parent's lock with them."""
+    for entries in _held.values():
+        if entries and entries[0] is not None:
+            entries[0].close()
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 class FolderInUse(RuntimeError):
     """Another process holds the folder's lock; the message names it."""
 

@@ -165,6 +165,69 @@ def test_kill_9_resumes_from_the_last_complete_checkpoint(straight, tiny_shards,
     assert not list(root.glob(".tmp-*"))  # the next save cleared what the kill left
 
 
+# Holds a training process inside its second checkpoint write until it is killed; argv: where,
+# marker file, then mlrec's own arguments.
+HOLD_IN_CHECKPOINT = """
+import sys, time
+from pathlib import Path
+where, marker, args = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+import torch
+from mlrec.train import checkpoint
+saves = []
+def hold():
+    marker.touch()
+    time.sleep(600)
+if where == "before-rename":  # every file written, the folder not yet renamed into place
+    publish = checkpoint.io.publish
+    def held_publish(tmp, final):
+        saves.append(final)
+        if len(saves) == 2:
+            hold()
+        publish(tmp, final)
+    checkpoint.io.publish = held_publish
+else:  # optimizer.bin half-written
+    save = torch.save
+    def held_save(obj, f, *a, **k):
+        if str(f).endswith("optimizer.bin"):
+            saves.append(f)
+            if len(saves) == 2:
+                Path(f).write_bytes(b"half an optimizer")
+                hold()
+        return save(obj, f, *a, **k)
+    torch.save = held_save
+from mlrec.cli import main
+sys.exit(main(args))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["mid-optimizer-file", "before-rename"])
+def test_kill_9_inside_a_checkpoint_write_resumes_from_the_one_before(
+    straight, tiny_shards, tmp_path, where
+):
+    run, marker = tmp_path / "run", tmp_path / "in-checkpoint"
+    train = ["train", "--config", str(TINY), f"run_dir={run}", f"data.shards_dir={tiny_shards}"]
+    cmd = [sys.executable, "-c", HOLD_IN_CHECKPOINT, where, str(marker), *train, *COMMON]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    root = run / "checkpoints"
+    assert latest_checkpoint(root) == root / "step-00000003"  # step 6 was being written
+    assert list(root.glob(".tmp-step-00000006"))  # ... and is left half-done, never complete
+
+    out = mlrec_train(run, tiny_shards, "train.resume=latest")
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert f"resumed from {root / 'step-00000003'} at step 3" in out.stderr
+    assert losses(run) == losses(straight)
+    assert (run / "eval" / "metrics.json").read_text() == (
+        straight / "eval" / "metrics.json"
+    ).read_text()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

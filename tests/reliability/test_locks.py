@@ -175,3 +175,27 @@ def test_a_process_re_enters_its_own_lock(tmp_path):
 
 def hold_and_free(folder: Path) -> Path:
     return locks.acquire(folder, "free again")
+
+
+FORKING_HOLDER = """
+import os, sys, time
+from mlrec import locks
+locks.acquire(sys.argv[1], "holding it, with a forked worker")
+if os.fork() == 0:  # a DataLoader worker, say: it outlives a parent killed with -9 for a while
+    time.sleep(60)
+    os._exit(0)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_forked_worker_does_not_keep_a_killed_parents_lock(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(locks.FolderInUse):
+        locks.acquire(tmp_path, "while the parent lives")
+    holder.kill()
+    holder.wait()
+    locks.release(locks.acquire(tmp_path, "the worker still sleeps; the lock is free"))
