@@ -47,3 +47,22 @@ def test_an_impression_id_int_would_read_as_another_is_refused(tmp_path, spellin
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"{behaviors}:2: impression id {odd!r} is not a non-negative integer" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("split", ["train", "dev"])
+def test_a_split_left_with_no_usable_impression_stops_sharding(tmp_path, split):
+    """An empty training file, or a dev split whose rows all have no click (skipped and counted
+    under data.on_error=skip), passed `shard` and crashed training or evaluation later."""
+    run = tmp_path / "run"
+    assert mlrec("data", "--config", str(TINY), f"run_dir={run}").returncode == 0
+    behaviors = run / "corpus" / split / "behaviors.tsv"
+    if split == "train":
+        behaviors.write_text("")
+    else:
+        text = behaviors.read_text(encoding="utf-8")
+        behaviors.write_text(text.replace("-1 ", "-0 ").replace("-1\n", "-0\n"), encoding="utf-8")
+    done = mlrec("shard", "--config", str(TINY), f"run_dir={run}", "data.on_error=skip")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"{behaviors}: no usable impression ({split} split)" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (run / "shards" / "manifest.json").exists()
