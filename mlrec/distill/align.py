@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import get_scheduler
 
+from mlrec import locks
 from mlrec.config import Config, ConfigError
 from mlrec.data.pairs import ParallelSet, load_pairs
 from mlrec.data.parallel import Pair
@@ -41,7 +42,7 @@ from mlrec.data.tokenizer import load_tokenizer, train_tokenizer
 from mlrec.distill.teachers import Teacher, cached_embeddings, load_teacher
 from mlrec.evaluation.retrieval import RETRIEVAL_FILE, retrieval_accuracy
 from mlrec.models.recommender import ItemEncoder, build_backbone
-from mlrec.train.trainer import build_accelerator, close_accelerator
+from mlrec.train.trainer import build_accelerator, close_accelerator, lock_on_main
 
 log = logging.getLogger(__name__)
 
@@ -268,10 +269,15 @@ def align(cfg: Config, teacher: Teacher | None = None) -> dict[str, Any]:
     """Train, measure retrieval on the held-out pairs, save; returns the run's record (on the
     main process; the others return {} once it is written)."""
     aligner = Aligner(cfg, teacher)
+    lock = None
     try:
+        # one command at a time in the run directory (mlrec.locks), as for training
+        lock = lock_on_main(aligner.accelerator, Path(cfg.run_dir), "aligning an item encoder")
         return _align(aligner)
     finally:
         close_accelerator(aligner.accelerator)
+        if lock is not None:
+            locks.release(lock)
 
 
 def _align(aligner: Aligner) -> dict[str, Any]:
