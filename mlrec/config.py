@@ -200,6 +200,11 @@ class ServeConfig:
     threads: int = 0  # intra-op threads of torch / ONNX Runtime; 0: library default
     batch_size: int = 256  # catalog items per forward pass when embedding it at start
     max_request_items: int = 1000  # longest history / candidate / text list, and largest k
+    max_concurrent: int = 2  # model calls at once; the other requests wait their turn
+    # requests in the service at once; beyond it a 503 (with Retry-After) instead of a queue
+    # and memory that grow without bound
+    max_in_flight: int = 64
+    docs: bool = False  # FastAPI's /docs, /redoc and /openapi.json; off: nobody needs a map
     # "": load catalog/vectors.<backend>.npy if it matches the export, else embed at start;
     # a path: load that file, and stop with an error if it is missing or does not match
     catalog_vectors: str = ""
@@ -369,6 +374,8 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "serve.threads": _NON_NEGATIVE,
     "serve.batch_size": _POSITIVE,
     "serve.max_request_items": _POSITIVE,
+    "serve.max_concurrent": _POSITIVE,
+    "serve.max_in_flight": _POSITIVE,
     "align.teacher_max_tokens": (lambda v: v >= 4, "must be >= 4"),
     "align.min_words": _NON_NEGATIVE,
     "align.max_pairs_per_language": _NON_NEGATIVE,

@@ -7,18 +7,26 @@
   POST /embed   {"texts": [str]}                                      -> {"dim", "vectors"}
 
 Request bodies are validated strictly (wrong types and unknown fields are a 422, not a guess);
-see mlrec.serve.ranker for the checks on their content.
+see mlrec.serve.ranker for the checks on their content. Every answer is ASCII JSON, so no text
+a client sent (a lone surrogate, say) can break the answer that names it.
+
+The service has no authentication: it binds 127.0.0.1 by default and belongs behind a proxy
+that authenticates, or on a private network. FastAPI's /docs, /redoc and /openapi.json are off
+unless serve.docs is set.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
-from mlrec.serve.limits import BodySizeLimit
+from mlrec.serve.limits import BodySizeLimit, InFlightLimit
 from mlrec.serve.ranker import Ranker, RequestError
 
 log = logging.getLogger(__name__)
@@ -27,8 +35,35 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 4 << 20
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: Starlette's own encodes UTF-8, which fails
+    (a 500 and a reset connection) on a lone surrogate echoed from a request."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="after")
+    def _unicode_text(self):
+        """JSON can carry a lone surrogate ("\\ud800"), which is no text: the tokenizer and any
+        answer naming it would fail on it."""
+        for name, value in self:
+            for index, text in enumerate(value if isinstance(value, list) else [value]):
+                if isinstance(text, str) and not _encodable(text):
+                    where = f"{name}[{index}]" if isinstance(value, list) else name
+                    raise ValueError(f"{where} is not valid Unicode text (a lone surrogate)")
+        return self
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 class RankRequest(_Strict):
@@ -48,14 +83,33 @@ class EmbedRequest(_Strict):
 
 
 def create_app(ranker: Ranker) -> FastAPI:
-    app = FastAPI(title="mlrec ranking service", version="1")
+    docs = ranker.cfg.serve.docs
+    app = FastAPI(
+        title="mlrec ranking service",
+        version="1",
+        default_response_class=AsciiJSONResponse,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+    )
 
     # Chunked bodies carry no Content-Length, so the limit counts the bytes as they arrive.
     app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    # outermost: a request refused for load is refused before its body is read
+    app.add_middleware(InFlightLimit, max_in_flight=ranker.cfg.serve.max_in_flight)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, err: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, status_code=err.status)
+        return AsciiJSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        # where and why, without FastAPI's echo of the input (which may be the bad text itself)
+        detail = [
+            {"type": e.get("type", ""), "loc": list(e.get("loc", ())), "msg": e.get("msg", "")}
+            for e in err.errors()
+        ]
+        return AsciiJSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/health")
     def health() -> dict:

@@ -1,4 +1,5 @@
-"""A cap on request body size that holds whether or not the client declares the size.
+"""Limits on what requests may cost: the body size, whether or not the client declares it,
+and (InFlightLimit, below) the number of requests in the service at once.
 
 A Content-Length over the cap is refused before any of the body is read. A chunked body (no
 Content-Length) is read here, chunk by chunk, and refused as soon as it passes the cap, so at most
@@ -66,3 +67,35 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
+
+
+class InFlightLimit:
+    """At most `max_in_flight` requests inside the service at once; the next gets a 503 with
+    Retry-After at once. Without it, requests beyond what the model calls can serve queue in
+    the thread pool, each holding its parsed body, and memory and latency grow with the load.
+    """
+
+    def __init__(self, app: ASGIApp, max_in_flight: int) -> None:
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # one event loop: no lock needed between the check and the count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            detail = (
+                f"the service is busy ({self.max_in_flight} requests in progress, "
+                "serve.max_in_flight); retry shortly"
+            )
+            response = JSONResponse(
+                {"detail": detail}, status_code=503, headers={"Retry-After": "1"}
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

@@ -30,6 +30,7 @@ def running_service(export: Path, log: Path, *overrides: str) -> Iterator[httpx.
     with open(log, "w") as sink:  # a file, not a pipe nobody drains
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=os.environ.copy())
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    client.server_pid = proc.pid  # for tests that watch the server's memory
     try:
         deadline = time.monotonic() + 180
         while True:
