@@ -12,8 +12,8 @@ Then it measures:
   - item encoding at batch sizes 1 and 32: items/s and p50/p99 latency per variant. Variants run
     in alternating rounds (a different one first each round) and each figure is the median over
     rounds, because other work on the machine moves single measurements a lot;
-  - the ranking service (`mlrec serve`, ONNX int8) on 127.0.0.1 under a bounded load: a fixed
-    number of /rank requests from a few concurrent clients, stopped early at a time limit.
+  - the ranking service (`mlrec serve`, ONNX int8) on 127.0.0.1: /rank from 4 concurrent
+    clients for a fixed time (tools.bench_serve holds the load client and the full load test).
 Every figure goes into the JSON, with `onnx_int8_speedup_bs32` and `int8_cosine_min` on top.
 """
 
@@ -22,11 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -138,103 +134,44 @@ def bench_encoders(export: Path, rounds: int, calls: dict[int, int]) -> dict:
     return results
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_service(export: Path, port: int, log: Path) -> subprocess.Popen:
-    """`mlrec serve` of the export on `port` (ONNX int8), its output going to `log`."""
-    mlrec = str(Path(sys.executable).parent / "mlrec")
-    cmd = [mlrec, "serve", str(export), f"serve.port={port}", "serve.backend=onnx-int8"]
-    with open(log, "w") as sink:
-        return subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-
-
-def rank_bodies(export: Path, count: int = 64) -> list[dict]:
+def rank_bodies(export: Path, count: int = 64) -> list[tuple[str, dict]]:
     """/rank requests of random catalog items: 10 history items and 20 candidates each."""
     ids = [line.split("\t")[0] for line in (export / "catalog" / "index.tsv").open()]
     rng = np.random.default_rng(0)
     return [
-        {
-            "history": rng.choice(ids, 10, replace=False).tolist(),
-            "candidates": rng.choice(ids, 20, replace=False).tolist(),
-        }
+        (
+            "/rank",
+            {
+                "history": rng.choice(ids, 10, replace=False).tolist(),
+                "candidates": rng.choice(ids, 20, replace=False).tolist(),
+            },
+        )
         for _ in range(count)
     ]
 
 
-def load_service(
-    base: str, bodies: list[dict], requests: int, seconds: float, clients: int
-) -> tuple[list[float], int, float]:
-    """`clients` threads post `bodies` in turn to /rank until `requests` calls are made or
-    `seconds` pass; returns each call's latency, the failed calls and the seconds taken."""
-    import httpx
-
-    latencies: list[float] = []
-    errors = [0]
-    counter = iter(range(requests))
-    lock = threading.Lock()
-    stop_at = time.monotonic() + seconds
-
-    def client() -> None:
-        with httpx.Client(base_url=base, timeout=30) as http:
-            while time.monotonic() < stop_at:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                t = time.perf_counter()
-                ok = http.post("/rank", json=bodies[i % len(bodies)]).status_code == 200
-                with lock:
-                    latencies.append(time.perf_counter() - t)
-                    errors[0] += not ok
-
-    start = time.perf_counter()
-    workers = [threading.Thread(target=client) for _ in range(clients)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    return latencies, errors[0], time.perf_counter() - start
-
-
-def bench_service(export: Path, requests: int, seconds: float, clients: int) -> dict:
-    """Bounded load on 127.0.0.1: at most `requests` /rank calls, at most `seconds` long."""
-    import httpx
+def bench_service(export: Path, seconds: float, clients: int) -> dict:
+    """/rank on 127.0.0.1 from a few clients for `seconds` (tools.bench_serve's load client;
+    `python -m tools.bench_serve` is the full load test, with /embed and 32 clients)."""
+    from tools.bench_serve import free_port, load, start_service, wait_until_up
 
     port = free_port()
     log = export.parent / "serve.log"
     proc = start_service(export, port, log)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not start in 300 s")
-        bodies = rank_bodies(export)
-        latencies, errors, elapsed = load_service(base, bodies, requests, seconds, clients)
+        wait_until_up(proc, base, log)
+        figures = load(base, rank_bodies(export), clients, seconds)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     return {
         "backend": "onnx-int8",
         "endpoint": "/rank (10 history items, 20 candidates)",
-        "clients": clients,
-        "requests": len(latencies),
-        "errors": errors,
-        "seconds": elapsed,
-        "requests_per_s": len(latencies) / elapsed,
-        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
-        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        **{k: figures[k] for k in ("clients", "requests", "seconds", "requests_per_s")},
+        "errors": figures["errors_http"] + figures["errors_transport"] + figures["shed_503"],
+        "p50_ms": figures["p50_ms"],
+        "p99_ms": figures["p99_ms"],
     }
 
 
@@ -288,8 +225,7 @@ def main() -> None:
                 name, json.dumps({k: shapes[name][k] for k in list(shapes[name])[:6]}), flush=True
             )
             if name == next(iter(SHAPES)):
-                requests, seconds = (300, 20) if args.quick else (3000, 60)
-                service = bench_service(export, requests, seconds, clients=4)
+                service = bench_service(export, 20 if args.quick else 60, clients=4)
     head = shapes[next(iter(SHAPES))]
     result = {
         "onnx_int8_speedup_bs32": head["onnx_int8_speedup_bs32"],
