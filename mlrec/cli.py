@@ -139,6 +139,11 @@ def _shard_options(sub: argparse.ArgumentParser) -> None:
     steps.add_argument(
         "--inspect", action="store_true", help="summarise the manifest and show a few samples"
     )
+    steps.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every file the manifest lists (size, sha256, sample count); writes nothing",
+    )
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -261,6 +266,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.stage == "quickstart":
             quickstart(cfg)
+        elif args.stage == "shard" and args.verify:
+            from mlrec.data.verify import verify_folder
+
+            # one line per problem on stderr as found; then the summary, or the error for it
+            print(verify_folder(cfg.shards_dir, lambda line: print(line, file=sys.stderr)))
         elif args.stage == "shard":
             step = "items" if args.items else "merge" if args.merge else "all"
             pipeline.shard(

@@ -32,7 +32,7 @@ def from_pretrained(
         return loader.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
     except ValueError as err:
         if "trust_remote_code" not in str(err):
-            raise
+            raise PretrainedError(_damaged(name, what, err)) from None
         raise PretrainedError(
             f"the {what} {name} ships its own Python code (auto_map in its config), which mlrec "
             f"runs only when you pass {REMOTE_CODE_FLAG} on the command line; do that only if "
@@ -40,6 +40,17 @@ def from_pretrained(
         ) from None
     except OSError as err:
         raise PretrainedError(_not_found(name, what, err)) from None
+    except TypeError:
+        raise  # an argument this architecture does not take: the caller retries without it
+    except Exception as err:  # a damaged file: tokenizers and safetensors raise their own types
+        raise PretrainedError(_damaged(name, what, err)) from None
+
+
+def _damaged(name: str, what: str, err: Exception) -> str:
+    return (
+        f"the {what} in {name} cannot be loaded ({type(err).__name__}: {_first_line(err)}); "
+        "is a file in it damaged or cut short?"
+    )
 
 
 def _not_found(name: str, what: str, err: OSError) -> str:
@@ -56,5 +67,5 @@ def _not_found(name: str, what: str, err: OSError) -> str:
     )
 
 
-def _first_line(err: OSError) -> str:
+def _first_line(err: Exception) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

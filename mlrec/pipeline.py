@@ -143,13 +143,13 @@ def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
 def _evaluated_rows(shards_dir: Path, reference_language: str) -> list[int]:
     """Item-table rows of every dev impression's history and candidates, with their versions in
     the reference language when the transfer report is asked for."""
-    from mlrec.data.layout import dev_splits, item_index, shard_paths
+    from mlrec.data.layout import dev_splits, item_index, shard_files
     from mlrec.data.loader import read_impressions
     from mlrec.evaluation.transfer import Swapper
 
     rows: set[int] = set()
     for split in dev_splits(shards_dir):
-        for imp in read_impressions(shard_paths(shards_dir, split)):
+        for imp in read_impressions(shard_files(shards_dir, split)):
             rows.update(imp["history"], imp["candidates"])
     if reference_language:
         swap = Swapper([key for key, *_ in item_index(shards_dir)], reference_language).swap

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlrec.data.layout import ITEM_TOKENS, TOKENIZER_DIR, item_index, load_manifest, shard_paths
+from mlrec.data.layout import ITEM_TOKENS, TOKENIZER_DIR, item_index, load_manifest, shard_files
 from mlrec.data.loader import read_impressions
 
 
@@ -39,7 +39,7 @@ def describe(shards_dir: str | Path, peek: int = 2) -> str:
         text = tok.decode(table[row], skip_special_tokens=True)
         return f"{index[row][0]} [{index[row][2]}] {text}"
 
-    for n, imp in enumerate(read_impressions(shard_paths(shards_dir, "train"))):
+    for n, imp in enumerate(read_impressions(shard_files(shards_dir, "train"))):
         if n == peek:
             break
         lines.append(f"\nimpression {imp['impression']} (user {imp['user']}, {imp['lang']})")

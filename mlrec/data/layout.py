@@ -17,7 +17,9 @@ from here, so the layout has one owner.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from mlrec.languages import ItemKey, parse_ref
 
 TOKENIZER_DIR = "tokenizer"
 ITEMS_DIR = "items"
+TOKENIZER_FILE = "tokenizer/tokenizer.json"  # what the manifest's tokenizer sha256 is of
 ITEM_TOKENS = "items/tokens.npy"
 ITEM_INDEX = "items/index.tsv"
 ITEMS_RECORD = "items/items.json"
@@ -47,23 +50,47 @@ def dev_splits(shards_dir: str | Path) -> list[str]:
 
 
 def dev_set_name(split: str) -> str:
-    """"dev" -> "dev"; "dev_de" -> "de": the name a user gave the dev set."""
+    """The name a user gave a dev set: "dev" -> "dev"; "dev_de" -> "de"."""
     return split.removeprefix("dev_")
 
 
-def shard_paths(shards_dir: str | Path, split: str) -> list[str]:
+@dataclass(frozen=True)
+class ShardFile:
+    """One tar of a split and what manifest.json records of it: readers check the file against
+    these (mlrec.data.verify). A path-like, so it opens wherever a path does."""
+
+    path: Path
+    language: str
+    samples: int
+    bytes: int
+    sha256: str
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    @property
+    def unit_record(self) -> Path:
+        """Its unit's record (train-000003-de.tar -> train-000003.json): without it, `mlrec
+        shard` writes that unit again instead of skipping it as finished."""
+        unit = self.path.name.removesuffix(f"-{self.language}.tar")
+        return self.path.with_name(f"{unit}.json")
+
+
+def shard_files(shards_dir: str | Path, split: str) -> list[ShardFile]:
     """The tars of a split, in the manifest's order."""
-    manifest = load_manifest(shards_dir)
-    return [str(Path(shards_dir) / s["name"]) for s in manifest["splits"][split]["shards"]]
-
-
-def language_shards(shards_dir: str | Path, split: str) -> dict[str, list[tuple[str, int]]]:
-    """Language -> [(shard path, samples)] in name order."""
-    shards: dict[str, list[tuple[str, int]]] = {}
-    for s in load_manifest(shards_dir)["splits"][split]["shards"]:
-        shards.setdefault(s["language"], []).append(
-            (str(Path(shards_dir) / s["name"]), s["samples"])
+    return [
+        ShardFile(
+            Path(shards_dir) / s["name"], s["language"], s["samples"], s["bytes"], s["sha256"]
         )
+        for s in load_manifest(shards_dir)["splits"][split]["shards"]
+    ]
+
+
+def language_shards(shards_dir: str | Path, split: str) -> dict[str, list[ShardFile]]:
+    """Language -> its tars, in name order."""
+    shards: dict[str, list[ShardFile]] = {}
+    for shard in shard_files(shards_dir, split):
+        shards.setdefault(shard.language, []).append(shard)
     return dict(sorted(shards.items()))
 
 

@@ -27,18 +27,17 @@ of the distinct items, and `history` / `candidates` index into them.
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mlrec.data.layout import ITEM_TOKENS, language_shards, load_manifest
+from mlrec.data.layout import ITEM_TOKENS, ShardFile, language_shards, load_manifest
+from mlrec.data.verify import check_size, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +54,11 @@ def round_sizes(owned: dict[str, int], alpha: float) -> dict[str, int]:
     return dict(zip(langs, sizes.tolist(), strict=True))
 
 
-def read_impressions(paths: list[str]) -> Iterator[dict[str, Any]]:
-    """Impression samples of the given shards, in order (no splitting: the caller chose them)."""
-    dataset = wds.WebDataset(
-        paths, shardshuffle=False, nodesplitter=None, workersplitter=None, empty_check=False
-    )
-    for sample in dataset:
-        yield json.loads(sample["json"])
+def read_impressions(shards: Iterable[ShardFile]) -> Iterator[dict[str, Any]]:
+    """Impression samples of the given shards, in order (no splitting: the caller chose them),
+    each shard checked against its manifest entry (size, and the count once read to its end)."""
+    for shard in shards:
+        yield from read_shard(shard)
 
 
 Sample = tuple[list[int], list[int], str, int]  # history rows, candidate rows, language, impression
@@ -113,6 +110,11 @@ class TrainStream(IterableDataset):
     ) -> None:
         self.shards_dir = Path(shards_dir)
         self.shards = language_shards(shards_dir, "train")
+        # every tar before any worker starts: a missing or cut shard stops training here, not
+        # in a worker mid-run (each read checks again, and counts)
+        for shards in self.shards.values():
+            for shard in shards:
+                check_size(shard)
         self.pad_id = load_manifest(shards_dir)["tokenizer"]["pad_token_id"]
         self.batch_size = batch_size
         self.negatives = negatives
@@ -123,16 +125,16 @@ class TrainStream(IterableDataset):
         self.skip_batches = skip_batches
         self.language_alpha = language_alpha
 
-    def _mine(self, lang: str, slot: int, slots: int) -> tuple[list[str], bool, int]:
+    def _mine(self, lang: str, slot: int, slots: int) -> tuple[list[ShardFile], bool, int]:
         """A slot's shards of one language, whether it splits them by shard, and its count."""
         shards = self.shards[lang]
         if len(shards) >= slots:
             lang_id = list(self.shards).index(lang)
             deal = np.random.default_rng([self.seed, lang_id]).permutation(len(shards))
             mine = [shards[i] for i in deal[slot::slots]]
-            return [p for p, _ in mine], True, sum(n for _, n in mine)
-        total = sum(n for _, n in shards)
-        return [p for p, _ in shards], False, len(range(slot, total, slots))
+            return mine, True, sum(s.samples for s in mine)
+        total = sum(s.samples for s in shards)
+        return shards, False, len(range(slot, total, slots))
 
     def owned(self, worker: int, workers: int) -> dict[str, int]:
         """Impressions per language that one slot owns (its share of an epoch)."""
@@ -141,15 +143,15 @@ class TrainStream(IterableDataset):
 
     def _language_stream(self, lang: str, slot: int, slots: int) -> Iterator[dict[str, Any]]:
         """One language's impressions for one slot, epoch after epoch."""
-        paths, by_shard, _ = self._mine(lang, slot, slots)
+        shards, by_shard, _ = self._mine(lang, slot, slots)
         lang_id = list(self.shards).index(lang)
         epoch = 0
         while True:
             # The same generator in every slot: a split by sample needs one common order.
             rng = np.random.default_rng([self.seed, lang_id, epoch])
             position = 0
-            for i in rng.permutation(len(paths)):
-                samples = list(read_impressions([paths[i]]))
+            for i in rng.permutation(len(shards)):
+                samples = list(read_impressions([shards[i]]))
                 for j in rng.permutation(len(samples)):
                     if by_shard or position % slots == slot:
                         yield samples[j]

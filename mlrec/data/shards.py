@@ -170,7 +170,7 @@ def write_unit(job: UnitJob) -> dict[str, Any]:
     record_path = out / f"{unit.name}.json"
     if record_path.is_file():
         record = json.loads(record_path.read_text())
-        if record["fingerprint"] == job.fingerprint:
+        if record["fingerprint"] == job.fingerprint and _tars_intact(out, record):
             return record
     for stale in out.glob(f"{unit.name}-*.tar"):
         stale.unlink()
@@ -225,6 +225,17 @@ def write_unit(job: UnitJob) -> dict[str, Any]:
     }
     io.write_json(record_path, record, indent=1, ensure_ascii=False)
     return record
+
+
+def _tars_intact(out: Path, record: dict[str, Any]) -> bool:
+    """A finished unit's tars are all there at their recorded sizes (the cheap check: a
+    truncated or deleted tar is written again by a re-run, not kept because its record is)."""
+    for shard in record["shards"]:
+        path = out / shard["name"]
+        if not path.is_file() or path.stat().st_size != shard["bytes"]:
+            log.warning("%s is missing or not as written: its unit is written again", path)
+            return False
+    return True
 
 
 def _items_record(shards_dir: Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from mlrec import io
 from mlrec.config import Config, ConfigError
-from mlrec.data.layout import ITEM_TOKENS, MANIFEST, load_manifest, shard_paths
+from mlrec.data.layout import ITEM_TOKENS, MANIFEST, load_manifest, shard_files
 from mlrec.data.loader import read_impressions
 from mlrec.distill.teachers import weights_digest
 from mlrec.evaluation.encode import TorchItems, encode_rows
@@ -211,7 +211,7 @@ def cache_teacher(cfg: Config) -> Path:
     items = encode_rows(TorchItems(teacher.item_encoder), t_table, rows, t_pad, cfg.eval.batch_size)
     impressions, users = [], []
     max_history = cfg.data.max_history
-    for imp in read_impressions(shard_paths(cfg.shards_dir, "train")):
+    for imp in read_impressions(shard_files(cfg.shards_dir, "train")):
         hist = imp["history"][-max_history:]
         vectors = torch.from_numpy(items[hist] if hist else np.zeros((1, items.shape[1]), "f4"))
         mask = torch.zeros(1, len(vectors), dtype=torch.bool)

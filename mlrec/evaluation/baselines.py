@@ -29,7 +29,7 @@ import numpy as np
 
 from mlrec import io
 from mlrec.data.items import Categories, kept_items
-from mlrec.data.layout import ITEMS_RECORD, item_index, item_keys, shard_paths
+from mlrec.data.layout import ITEMS_RECORD, item_index, item_keys, shard_files
 from mlrec.data.loader import read_impressions
 from mlrec.data.rows import RowLog
 from mlrec.evaluation.metrics import impression_metrics
@@ -59,7 +59,7 @@ class Popularity:
         row_news = [nid for (nid, _), _ in item_keys(shards_dir)]
         clicks: Counter[str] = Counter()
         impressions = 0
-        for imp in read_impressions(shard_paths(shards_dir, "train")):
+        for imp in read_impressions(shard_files(shards_dir, "train")):
             impressions += 1
             clicks.update(
                 row_news[r] for r, y in zip(imp["candidates"], imp["labels"], strict=True) if y

@@ -37,10 +37,11 @@ from mlrec.data.layout import (
     dev_splits,
     item_index,
     load_manifest,
-    shard_paths,
+    shard_files,
 )
 from mlrec.data.loader import read_impressions
 from mlrec.data.rows import DUPLICATE_IMPRESSION, DataError
+from mlrec.data.verify import check_hashes
 from mlrec.evaluation.encode import TorchItems, encode_rows
 from mlrec.evaluation.metrics import impression_metrics, summarize, unscored_reason
 from mlrec.evaluation.predictions import write_predictions
@@ -70,9 +71,9 @@ def full_parameters(accelerator: Accelerator, model: torch.nn.Module):
 
 def _dev_impressions(shards_dir: str | Path, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(shard name, impression) of a dev split, in the manifest's order."""
-    for path in shard_paths(shards_dir, split):
-        for imp in read_impressions([path]):
-            yield Path(path).name, imp
+    for shard in shard_files(shards_dir, split):
+        for imp in read_impressions([shard]):
+            yield shard.path.name, imp
 
 
 def read_dev(
@@ -245,6 +246,11 @@ def evaluate(
     language and overall, with the accounting of every impression read and, with
     `reference_language`, the transfer report; with `out_dir`, the main process writes
     metrics.json and the scores behind it there (see the module docstring)."""
+    splits = dev_splits(shards_dir)
+    # every dev byte before scoring: a changed one keeps a shard's size and count, so the
+    # checks of each read pass it, and it would be scored as data (dev is small beside train)
+    for split in splits:
+        check_hashes(shard_files(shards_dir, split))
     was_training = model.training
     model.eval()
     table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
@@ -256,7 +262,6 @@ def evaluate(
     swapper = Swapper(keys, reference_language) if reference_language else None
     if swapper is not None and not any(row is not None for row in swapper.swap):
         raise ValueError(f"eval.reference_language={reference_language!r}: no item has it")
-    splits = dev_splits(shards_dir)
     per_set, everything = {}, []
     with full_parameters(accelerator, model):
         for split in splits:

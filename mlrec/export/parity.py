@@ -63,7 +63,7 @@ def check_parity(
     trust_remote_code: bool = False,
 ) -> dict:
     """Compare the ONNX models of `export_dir` with torch; write the report; raise on failure."""
-    from mlrec.data.layout import ITEM_TOKENS, dev_splits, load_manifest, shard_paths
+    from mlrec.data.layout import ITEM_TOKENS, dev_splits, load_manifest, shard_files
     from mlrec.data.loader import read_impressions
     from mlrec.export.backends import OnnxBackend, TorchBackend
 
@@ -72,7 +72,7 @@ def check_parity(
     cfg = reference.cfg
     # the first dev set: parity compares backends, one held-out set is enough
     first = dev_splits(shards_dir)[0]
-    held_out = list(islice(read_impressions(shard_paths(shards_dir, first)), impressions))
+    held_out = list(islice(read_impressions(shard_files(shards_dir, first)), impressions))
     if not held_out:
         raise FileNotFoundError(f"no dev impressions in {shards_dir} for the parity check")
     table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")

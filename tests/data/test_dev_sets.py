@@ -8,7 +8,7 @@ import pytest
 
 from mlrec.config import ConfigError
 from mlrec.data.corpus import behaviors_files
-from mlrec.data.layout import dev_splits, item_index, load_manifest, shard_paths
+from mlrec.data.layout import dev_splits, item_index, load_manifest, shard_files
 from mlrec.data.loader import read_impressions
 from mlrec.data.shards import ShardInputs, build_shards
 from tests.conftest import tiny_config, write_xmind_dev
@@ -50,7 +50,7 @@ def test_xmind_layout_reads_each_dev_file_in_its_own_language(tmp_path, generate
         split = f"dev_{lang}"
         assert manifest["splits"][split]["impressions"] == rows
         assert manifest["splits"][split]["per_language"] == {lang: rows}
-        for imp in read_impressions(shard_paths(cfg.shards_dir, split)):
+        for imp in read_impressions(shard_files(cfg.shards_dir, split)):
             assert imp["lang"] == lang
             # every candidate and click is the item in the file's language, not English
             assert all(keys[r].endswith(f"@{lang}") for r in imp["candidates"] + imp["history"])

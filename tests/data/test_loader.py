@@ -4,7 +4,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mlrec.data.layout import shard_paths
+from mlrec.data.layout import shard_files
 from mlrec.data.loader import read_impressions, round_sizes, train_loader
 
 
@@ -78,7 +78,7 @@ def test_each_round_the_slots_read_the_split_once(tiny_shards, ranks):
     exactly once. (The tiny corpus has 6 shards per language: 4 slots split the shards, 8 split
     the samples.)"""
     everything = sorted(
-        s["impression"] for s in read_impressions(shard_paths(tiny_shards, "train"))
+        s["impression"] for s in read_impressions(shard_files(tiny_shards, "train"))
     )
     slots = _slot_rounds(tiny_shards, ranks, rounds=2)
     for r in range(2):
@@ -87,7 +87,7 @@ def test_each_round_the_slots_read_the_split_once(tiny_shards, ranks):
 
 def test_with_temperature_slots_stay_disjoint(tiny_shards):
     """alpha < 1 repeats small languages, but a slot only ever reads impressions it owns."""
-    everything = {s["impression"] for s in read_impressions(shard_paths(tiny_shards, "train"))}
+    everything = {s["impression"] for s in read_impressions(shard_files(tiny_shards, "train"))}
     seen = [set().union(*rounds) for rounds in _slot_rounds(tiny_shards, 2, 4, alpha=0.5)]
     assert sum(map(len, seen)) == len(everything)
     assert set().union(*seen) == everything

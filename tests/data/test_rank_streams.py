@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mlrec.data.layout import shard_paths
+from mlrec.data.layout import shard_files
 from mlrec.data.loader import read_impressions
 
 HERE = os.path.dirname(__file__)
@@ -46,7 +46,7 @@ def test_two_ranks_two_workers_disjoint_complete_and_resumable(tiny_shards, tmp_
     assert not seen[0] & seen[1]  # disjoint
     trainable = {
         s["impression"]
-        for s in read_impressions(shard_paths(tiny_shards, "train"))
+        for s in read_impressions(shard_files(tiny_shards, "train"))
         if 0 in s["labels"] and 1 in s["labels"]
     }
     assert seen[0] | seen[1] == trainable  # together complete

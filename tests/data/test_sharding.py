@@ -6,7 +6,7 @@ import os
 import pytest
 
 from mlrec.cli import parse_slice
-from mlrec.data.layout import MANIFEST, item_index, load_manifest, shard_paths
+from mlrec.data.layout import MANIFEST, item_index, load_manifest, shard_files
 from mlrec.data.loader import read_impressions
 from mlrec.data.rows import BAD_LABEL, COLUMNS, EMPTY_TITLE, ENCODING, UNKNOWN_ITEM, DataError
 from mlrec.data.shards import ShardInputs, build_shards, item_table, merge_shards, shard_slice
@@ -159,7 +159,7 @@ def test_a_rebuilt_item_table_is_not_read_from_an_earlier_build(tmp_path):
     for line in (cfg.corpus_dir / "train" / "behaviors.tsv").read_text().splitlines():
         imp, _, _, _, shown = line.split("\t")
         refs[int(imp)] = [t[:-2] if "@" in t else f"{t[:-2]}@en" for t in shown.split()]
-    samples = list(read_impressions(shard_paths(cfg.shards_dir, "train")))
+    samples = list(read_impressions(shard_files(cfg.shards_dir, "train")))
     assert len(samples) == manifest["splits"]["train"]["impressions"] < len(refs)
     for sample in samples:
         assert [keys[row] for row in sample["candidates"]] == refs[sample["impression"]]

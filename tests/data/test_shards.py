@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from mlrec.data.layout import ITEM_TOKENS, item_index, load_manifest, shard_paths
+from mlrec.data.layout import ITEM_TOKENS, item_index, load_manifest, shard_files
 from mlrec.data.loader import read_impressions
 from mlrec.data.mind import read_behaviors
 from mlrec.data.rows import DataError
@@ -22,7 +22,7 @@ def test_manifest_accounts_for_every_row(tiny_shards):
         info = manifest["splits"][split]
         assert info["impressions"] == rows
         assert sum(info["per_language"].values()) == rows
-        samples = list(read_impressions(shard_paths(tiny_shards, split)))
+        samples = list(read_impressions(shard_files(tiny_shards, split)))
         assert len(samples) == rows
         assert len({s["impression"] for s in samples}) == rows
         for shard in info["shards"]:
@@ -38,7 +38,7 @@ def test_items_are_tokenised_once_and_referenced(tiny_shards):
     assert len(index) == len(table)
     assert len({key for key, *_ in index}) == len(index)  # each (news id, language) once
     # the shards hold row numbers, not text
-    with tarfile.open(shard_paths(tiny_shards, "train")[0]) as tar:
+    with tarfile.open(shard_files(tiny_shards, "train")[0]) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(".json"))
         sample = json.loads(tar.extractfile(member).read())
     assert all(isinstance(r, int) and 0 <= r < len(table) for r in sample["candidates"])

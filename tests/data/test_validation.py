@@ -3,7 +3,7 @@ impressions that share an id, impressions with no click, news ids that cannot be
 
 import pytest
 
-from mlrec.data.layout import load_manifest, shard_paths
+from mlrec.data.layout import load_manifest, shard_files
 from mlrec.data.loader import read_impressions
 from mlrec.data.rows import DUPLICATE_IMPRESSION, NO_CLICK, DataError
 from mlrec.data.shards import ShardInputs, build_shards
@@ -45,7 +45,7 @@ def test_skip_policy_counts_repeated_impression_ids(corpus):
     counts = manifest["rows"]["files"][str(dev)]
     assert counts["skipped"] == {DUPLICATE_IMPRESSION: 3}
     assert counts["rows"] == len(rows) + 3 == counts["kept"] + 3
-    samples = list(read_impressions(shard_paths(corpus.shards_dir, "dev")))
+    samples = list(read_impressions(shard_files(corpus.shards_dir, "dev")))
     assert len(samples) == len({s["impression"] for s in samples}) == len(rows)
     assert load_manifest(corpus.shards_dir)["splits"]["dev"]["impressions"] == len(rows)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlrec.data.corpus import news_files
-from mlrec.data.layout import item_index, load_manifest, shard_paths
+from mlrec.data.layout import item_index, load_manifest, shard_files
 from mlrec.data.loader import read_impressions
 from mlrec.evaluation.baselines import (
     LateFusion,
@@ -33,7 +33,7 @@ def test_popularity_counts_the_training_clicks_per_news_id(tiny_shards, populari
     index = item_index(tiny_shards)
     expected: Counter[str] = Counter()
     impressions = 0
-    for imp in read_impressions(shard_paths(tiny_shards, "train")):
+    for imp in read_impressions(shard_files(tiny_shards, "train")):
         impressions += 1
         for row, label in zip(imp["candidates"], imp["labels"], strict=True):
             if label == 1:
@@ -57,7 +57,7 @@ def test_popularity_counts_the_training_clicks_per_news_id(tiny_shards, populari
 
 
 def test_score_impressions_gives_each_impression_its_metrics(tiny_shards, popularity):
-    dev = list(read_impressions(shard_paths(tiny_shards, "dev")))
+    dev = list(read_impressions(shard_files(tiny_shards, "dev")))
     results = score_impressions(dev, popularity.scores)
     assert [(i, lang) for i, lang, _ in results] == [(d["impression"], d["lang"]) for d in dev]
     for (_, _, metrics), imp in zip(results, dev, strict=True):

@@ -163,3 +163,13 @@ def test_a_model_name_not_in_the_cache_while_offline_is_one_clear_error(tmp_path
     name = "'no-such-org/no-such-model'"
     assert f"{name} is neither a local folder nor in the Hugging Face cache" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_damaged_tokenizer_file_is_one_clear_error(export, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(export, broken)
+    (broken / "tokenizer.json").write_text('{"version": "1.0", "truncat')  # cut short
+    done = _mlrec("evaluate", str(broken), "--out", str(tmp_path / "eval"))
+    assert done.returncode == 2, done.stderr
+    assert f"the tokenizer in {broken} cannot be loaded" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
