@@ -200,7 +200,7 @@ class ServeConfig:
     threads: int = 0  # intra-op threads of torch / ONNX Runtime; 0: library default
     batch_size: int = 256  # catalog items per forward pass when embedding it at start
     max_request_items: int = 1000  # longest history / candidate / text list, and largest k
-    max_concurrent: int = 2  # model calls at once; the other requests wait their turn
+    max_concurrent: int = 2  # batches tokenised or encoded at once; other requests wait
     # requests in the service at once; beyond it a 503 (with Retry-After) instead of a queue
     # and memory that grow without bound
     max_in_flight: int = 64

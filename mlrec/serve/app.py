@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,23 +48,34 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="after")
-    def _unicode_text(self):
-        """JSON can carry a lone surrogate ("\\ud800"), which is no text: the tokenizer and any
-        answer naming it would fail on it."""
+    def _usable_text(self):
+        """Every string, alone or in a list, must be text that the tokenizer, the catalog and an
+        answer naming it can take; the error names the field (and index) at fault."""
         for name, value in self:
             for index, text in enumerate(value if isinstance(value, list) else [value]):
-                if isinstance(text, str) and not _encodable(text):
+                if isinstance(text, str) and (problem := _text_problem(text)):
                     where = f"{name}[{index}]" if isinstance(value, list) else name
-                    raise ValueError(f"{where} is not valid Unicode text (a lone surrogate)")
+                    raise ValueError(f"{where} {problem}")
         return self
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+# JSON can carry what is no text: a lone surrogate ("\\ud800"; json.loads joins real pairs, so
+# any surrogate left is lone), on which the tokenizer and UTF-8 encoding fail, and NUL, at which
+# C code (tokenizers, logs, proxies) may cut a string.
+_BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
+
+
+def _text_problem(text: str) -> str | None:
+    """Why `text` is unusable, or None. Blank strings are refused too: no item id is blank, and
+    a blank text's vector would be that of padding alone."""
+    if not text.strip():
+        return "is empty (or only whitespace)"
+    bad = _BAD_CHARACTER.search(text)
+    if bad is None:
+        return None
+    if bad.group() == "\x00":
+        return "contains a NUL character"
+    return "is not valid Unicode text (a lone surrogate)"
 
 
 class RankRequest(_Strict):

@@ -32,26 +32,42 @@ class BodySizeLimit:
             detail = f"request body of {declared} bytes; at most {self.max_bytes}"
             await self._refuse(scope, receive, send, detail)
             return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client went away: nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                limit = self.max_bytes
-                detail = f"request body of more than {limit} bytes; at most {limit}"
-                await self._refuse(scope, receive, send, detail)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, _replay(b"".join(chunks), receive), send)
+        try:
+            body = await _read_body(receive, self.max_bytes)
+        except _TooLarge:
+            limit = self.max_bytes
+            detail = f"request body of more than {limit} bytes; at most {limit}"
+            await self._refuse(scope, receive, send, detail)
+            return
+        if body is None:
+            return  # the client went away: nobody to answer
+        await self.app(scope, _replay(body, receive), send)
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
         await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    """The body passed the cap while it was being read."""
+
+
+async def _read_body(receive: Receive, max_bytes: int) -> bytes | None:
+    """The whole body, or None if the client went away first; _TooLarge once past max_bytes.
+    The chunks are freed when this returns, so a request in flight holds one copy of its body,
+    not two."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -42,13 +42,17 @@ class Ranker:
         )
         # Texts are cut before tokenising: tokenising all 10,000 characters of up to 1000 texts,
         # to keep a few dozen tokens of each, took the server from 1.1 to 11 GB under 16
-        # concurrent requests. No token spans more characters than the vocabulary's longest
-        # entry (twice that allows for normalisation composing two characters into one), so
-        # the tokens kept are those the whole text would give.
+        # concurrent requests. A token spans at most the vocabulary's longest entry in
+        # characters, twice that allowing for normalisation composing two characters into one,
+        # so the first max_item_tokens tokens of the cut text are those of the whole text. What
+        # makes no token of its own (a run of unknown characters fused into one <unk>, or
+        # whitespace a WordPiece tokenizer drops) could push them past the cut; no real text
+        # has a few hundred such characters at its start, and the test checks real ones.
         longest = max((len(t) for t in self.tokenizer.get_vocab()), default=1)
         self.text_chars = cfg.data.max_item_tokens * 2 * longest
-        # model calls at once, whatever the number of request threads: each holds its batch's
-        # activations, and more than the cores can run only adds memory and latency
+        # Tokenising and model calls at once, whatever the number of request threads: each
+        # holds its batch's tokens and activations, and more than the cores can run only adds
+        # memory and latency.
         self.model_calls = threading.BoundedSemaphore(cfg.serve.max_concurrent)
 
     def _check_size(self, name: str, size: int) -> None:
@@ -135,14 +139,14 @@ class Ranker:
         )
 
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
-        encoded = self.tokenizer(
-            texts,
-            truncation=True,
-            max_length=self.cfg.data.max_item_tokens,
-            padding=True,
-            return_tensors="np",
-        )
         with self.model_calls:
+            encoded = self.tokenizer(
+                texts,
+                truncation=True,
+                max_length=self.cfg.data.max_item_tokens,
+                padding=True,
+                return_tensors="np",
+            )
             return self.backend.items(
                 encoded["input_ids"].astype(np.int64), encoded["attention_mask"].astype(np.int64)
             )
