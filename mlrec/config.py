@@ -50,6 +50,12 @@ class DebianCatalogConfig:
     sessions_per_basket: int = 3  # per metapackage and language; more: more, but repeated, data
     dev_fraction: float = 0.1  # share of metapackages whose sessions are all held out
     seed: int = 0
+    # cross-lingual transfer: training sessions only in these languages ([]: all; [en]: ZS)
+    train_languages: list[str] = field(default_factory=list)
+    # other-sections: negatives from sections no basket member has; same-section ("hard"):
+    # from the clicked items' own sections, so categories alone cannot separate them
+    negatives: str = "other-sections"
+    heldout_items: bool = False  # dev baskets' items appear in no training session
 
 
 @dataclass(kw_only=True)
@@ -322,6 +328,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cosine", "linear", "constant"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "serve.backend": ("torch", "onnx", "onnx-int8"),
+    "data.debian.negatives": ("other-sections", "same-section"),
     "distill.mode": ("online", "offline"),
     "align.student_init": ("", "teacher"),
 }

@@ -47,6 +47,12 @@ Sessions (`train/behaviors.tsv`, `dev/behaviors.tsv`, 5 MIND columns; item refs 
 - Split: a whole basket goes to dev when the first 8 hex digits of sha1(seed/B) fall below
   `dev_fraction`; all its sessions in every language go there, so dev measures how well the
   model completes groupings it never trained on.
+- For cross-lingual transfer (`data.debian.*`): `train_languages` keeps training sessions to
+  those languages (e.g. [en]: zero-shot transfer; dev keeps every language); `negatives:
+  same-section` draws each session's negatives from its clicked items' own sections, minus the
+  basket, instead of from the sections no member has, so a category alone cannot tell them
+  apart; `heldout_items` also drops the dev baskets' items from every training session and
+  negative pool, so dev items were never seen in training in any language.
 Impression ids are consecutive per file, in basket and language order. Same lists and seed give
 byte-identical files.
 
@@ -417,6 +423,14 @@ class Session:
         return f"{impression_id}\t{self.basket}\t\t{history}\t{shown}\n"
 
 
+NEGATIVE_POOLS = ("other-sections", "same-section")
+
+
+def _is_dev(basket: str, dev_fraction: float, seed: int) -> bool:
+    digest = hashlib.sha1(f"{seed}/{basket}".encode()).hexdigest()
+    return int(digest[:8], 16) / 16**8 < dev_fraction
+
+
 def build_sessions(
     members: dict[str, list[str]],
     items: dict[str, dict[str, Item]],
@@ -424,34 +438,64 @@ def build_sessions(
     sessions_per_basket: int,
     dev_fraction: float,
     seed: int,
+    train_languages: list[str] | None = None,
+    negatives: str = "other-sections",
+    heldout_items: bool = False,
 ) -> dict[str, list[Session]]:
     """split -> sessions, by the rules in the module docstring."""
     split: dict[str, list[Session]] = {"train": [], "dev": []}
     pools = {  # language -> section -> sorted nids, for negatives
         lang: _by_section(by_nid) for lang, by_nid in items.items()
     }
+    dev_baskets = {b for b in members if _is_dev(b, dev_fraction, seed)}
+    # the dev baskets' items, kept out of training altogether (heldout_items): dev then asks
+    # for items no training session showed, in any language, as a new catalog entry would
+    unseen = {n for b in dev_baskets for n in members[b]} if heldout_items else set()
     for basket, names in members.items():
-        digest = hashlib.sha1(f"{seed}/{basket}".encode()).hexdigest()
-        target = split["dev" if int(digest[:8], 16) / 16**8 < dev_fraction else "train"]
-        for lang in sorted(items):
-            present = [n for n in names if n in items[lang]]
+        dev = basket in dev_baskets
+        target = split["dev" if dev else "train"]
+        languages = sorted(items) if dev or not train_languages else sorted(train_languages)
+        for lang in (lang for lang in languages if lang in items):
+            present = [n for n in names if n in items[lang] and (dev or n not in unseen)]
             if len(present) < MIN_BASKET:
                 continue
-            sections = {items[lang][n].category for n in present}
-            pool = [n for sec, nids in pools[lang].items() if sec not in sections for n in nids]
             for i in range(sessions_per_basket):
                 rng = random.Random(f"{seed}/{basket}/{lang}/{i}")
                 order = present[:]
                 rng.shuffle(order)
                 n_pos = min(5, max(1, len(order) // 4))
                 positives, history = order[:n_pos], order[n_pos : n_pos + MAX_HISTORY]
-                negatives = rng.sample(pool, min(len(pool), NEGATIVES * n_pos))
-                if not negatives:
-                    break  # every item in this language shares a section with the basket
-                shown = [(n, 1) for n in positives] + [(n, 0) for n in negatives]
+                pool = _negative_pool(
+                    pools[lang], items[lang], set(names), present, positives, negatives
+                )
+                if not dev:
+                    pool = [n for n in pool if n not in unseen]
+                drawn = rng.sample(pool, min(len(pool), NEGATIVES * n_pos))
+                if not drawn:
+                    continue  # no item in this language to serve as a negative
+                shown = [(n, 1) for n in positives] + [(n, 0) for n in drawn]
                 rng.shuffle(shown)
                 target.append(Session(basket, lang, history, shown))
     return split
+
+
+def _negative_pool(
+    by_section: dict[str, list[str]],
+    by_nid: dict[str, Item],
+    basket: set[str],
+    present: list[str],
+    positives: list[str],
+    negatives: str,
+) -> list[str]:
+    """The items a session's negatives are drawn from: those of the sections no member has
+    (other-sections: a category alone separates them), or those of the clicked items' own
+    sections that are not in the basket (same-section: only what the items say separates
+    them)."""
+    if negatives == "same-section":
+        sections = sorted({by_nid[n].category for n in positives})
+        return [n for sec in sections for n in by_section[sec] if n not in basket]
+    sections = {by_nid[n].category for n in present}
+    return [n for sec, nids in by_section.items() if sec not in sections for n in nids]
 
 
 def _by_section(by_nid: dict[str, Item]) -> dict[str, list[str]]:
@@ -487,6 +531,9 @@ def convert(
     sessions_per_basket: int = 3,
     dev_fraction: float = 0.1,
     seed: int = 0,
+    train_languages: list[str] | None = None,
+    negatives: str = "other-sections",
+    heldout_items: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Convert an apt lists folder into a MIND-format corpus in `root`; return corpus.json's
@@ -507,6 +554,9 @@ def convert(
         "sessions_per_basket": sessions_per_basket,
         "dev_fraction": dev_fraction,
         "seed": seed,
+        "train_languages": list(train_languages or []),
+        "negatives": negatives,
+        "heldout_items": heldout_items,
     }
     sessions = build_sessions(members, items, **params)
     write_corpus(root, items, sessions)
@@ -514,7 +564,7 @@ def convert(
         "source": "debian",
         "lists": str(lists),
         **_corpus_counts(items, with_text, members, sessions),
-        "params": {**params, "min_basket": MIN_BASKET, "negatives": NEGATIVES},
+        "params": {**params, "min_basket": MIN_BASKET, "negatives_per_click": NEGATIVES},
         **stats,
         "files": files,
         "seconds": round(time.perf_counter() - start, 1),
@@ -608,6 +658,9 @@ def prepare_catalog(deb: DebianCatalogConfig, root: Path) -> dict[str, Any]:
         sessions_per_basket=deb.sessions_per_basket,
         dev_fraction=deb.dev_fraction,
         seed=deb.seed,
+        train_languages=deb.train_languages,
+        negatives=deb.negatives,
+        heldout_items=deb.heldout_items,
         progress=True,
     )
     log.info(

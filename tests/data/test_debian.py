@@ -265,3 +265,47 @@ def debian_languages():
     from mlrec.config import DEBIAN_LANGUAGES
 
     return list(DEBIAN_LANGUAGES)
+
+
+def test_transfer_options_english_training_hard_negatives_unseen_items(tmp_path):
+    """data.debian.train_languages, negatives=same-section and heldout_items, for a zero-shot
+    transfer benchmark: English-only training, negatives a category cannot rule out, and dev
+    items no training session showed."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    _write_lists(lists)
+    spare = ["arcade-z", "puzzle-z"]  # games in no basket: same-section negatives for games-mix
+    with (lists / f"{PREFIX}_binary-amd64_Packages").open("a") as out:
+        out.write("\n" + "\n".join(_package(n, "games", "game::arcade") for n in spare))
+    for lang, files in (("en", "Translation-en"), ("de", "Translation-de")):
+        with (lists / f"{PREFIX}_i18n_{files}").open("a") as out:
+            out.write("\n" + "\n".join(_translation(n, lang, f"{n} ({lang})") for n in spare))
+    root = tmp_path / "corpus"
+    meta = debian.convert(
+        lists,
+        root,
+        ["en", "de", "pt_BR", "ja"],
+        sessions_per_basket=2,
+        dev_fraction=0.5,
+        seed=0,  # games-mix goes to dev, editors-all to train
+        train_languages=["en"],
+        negatives="same-section",
+        heldout_items=True,
+    )
+    assert meta["params"]["negatives"] == "same-section"
+    news_en = {it.nid: it for it in read_news(root / "news" / "en.tsv", "en")}
+    train = [imp for _, imp in read_behaviors(root / "train" / "behaviors.tsv", "en")]
+    dev = [imp for _, imp in read_behaviors(root / "dev" / "behaviors.tsv", "en")]
+    assert train and dev
+    assert {imp.lang for imp in train} == {"en"}  # training: English only
+    assert len({imp.lang for imp in dev}) > 1  # dev: every language with a basket
+    dev_items = {nid for imp in dev for nid, _ in imp.history + imp.candidates}
+    train_items = {nid for imp in train for nid, _ in imp.history + imp.candidates}
+    assert not dev_items & train_items  # held out in every language
+    for imp in dev + train:
+        shown = list(zip(imp.candidates, imp.labels, strict=True))
+        clicked = {news_en[nid].category for (nid, _), label in shown if label}
+        negatives = [nid for (nid, _), label in shown if not label]
+        basket = {nid for nid, _ in imp.history} | {nid for (nid, _), y in shown if y}
+        assert negatives and {news_en[n].category for n in negatives} <= clicked
+        assert not set(negatives) & basket
