@@ -174,7 +174,9 @@ class Item:
 def fetch_lists(lists_dir: str | Path, languages: list[str]) -> Path:
     """The folder holding the list files: `lists_dir` itself when it already holds some (for
     example /var/lib/apt/lists), else `lists_dir/lists`, filled by a private `apt-get update`."""
-    lists_dir = Path(lists_dir)
+    # absolute: apt-get reads a relative Dir::State::Lists against its own Dir (/), so a
+    # relative run_dir had the lists written under /runs/... and found none here
+    lists_dir = Path(lists_dir).resolve()
     if list_files(lists_dir)[0]:
         return lists_dir
     if (lists_dir / "fetched.json").is_file():
@@ -204,10 +206,8 @@ def fetch_lists(lists_dir: str | Path, languages: list[str]) -> Path:
     done = subprocess.run(cmd, capture_output=True, text=True)
     packages, _ = list_files(lists_dir / "lists")
     if done.returncode or not packages:
-        raise DataError(
-            f"apt-get update into {lists_dir} failed (exit {done.returncode}): "
-            f"{done.stderr.strip()[-500:]}"
-        )
+        why = done.stderr.strip()[-500:] or "it wrote no Packages file there"
+        raise DataError(f"apt-get update into {lists_dir} failed (exit {done.returncode}): {why}")
     (lists_dir / "fetched.json").write_text(
         json.dumps({"languages": languages, "seconds": round(time.perf_counter() - start, 1)})
     )

@@ -1,6 +1,7 @@
 """The Debian catalog: parsing apt lists, joining translations, filtering, sessions; a fetch."""
 
 import json
+import os
 import shutil
 import time
 
@@ -211,6 +212,38 @@ def test_data_stage_converts_an_existing_lists_folder(tmp_path):
     assert json.loads((root / "corpus.json").read_text())["languages"] == ["de", "en"]
     assert sorted(news_files(cfg.data, root)) == ["de", "en"]
     assert (root / "train" / "behaviors.tsv").is_file()
+
+
+FAKE_APT_GET = """#!/bin/sh
+# records its arguments, then writes a Packages list where Dir::State::Lists points
+for arg in "$@"; do echo "$arg" >> "$APT_ARGS"; done
+for arg in "$@"; do
+  case "$arg" in Dir::State::Lists=*) lists="${arg#Dir::State::Lists=}" ;; esac
+done
+mkdir -p "$lists" && cp "$PACKAGES" "$lists/"
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="fetch_lists refuses to run apt-get unless root")
+def test_a_relative_lists_dir_reaches_apt_get_as_an_absolute_path(tmp_path, monkeypatch):
+    """apt-get reads a relative Dir::State::Lists against its own root (/): with a relative
+    run_dir the lists went under /runs/... and mlrec found none ("failed (exit 0)")."""
+    source = tmp_path / "source"
+    source.mkdir()
+    _write_lists(source)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(FAKE_APT_GET)
+    (bin_dir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("APT_ARGS", str(tmp_path / "args"))
+    monkeypatch.setenv("PACKAGES", str(source / f"{PREFIX}_binary-amd64_Packages"))
+    monkeypatch.chdir(tmp_path)
+    lists = debian.fetch_lists("run/apt-lists", ["en"])
+    given = [a for a in (tmp_path / "args").read_text().splitlines() if "Dir::State" in a]
+    assert given == [f"Dir::State::Lists={tmp_path / 'run' / 'apt-lists' / 'lists'}"]
+    assert lists == tmp_path / "run" / "apt-lists" / "lists"
+    assert debian.list_files(lists)[0]
 
 
 @pytest.mark.fetch
