@@ -153,8 +153,11 @@ def format_comparison(metrics: dict[str, Any], metric: str = "auc") -> str:
     if not baselines and not transfer:
         return ""
     names = ["model", *baselines]
+    # the model minus the frozen teacher on the same impressions, with its paired error
+    paired = metrics.get("paired", {}).get("model", {}) if metric == "auc" else {}
     header = f"{metric:<10}" + "".join(f"{n:>22}" for n in names)
     header += f"{'transfer gap':>16}" if transfer else ""
+    header += f"{'model - teacher (se)':>24}" if paired else ""
     lines = [header, "-" * len(header)]
     languages = [*metrics["by_language"], "overall"]
     for lang in languages:
@@ -166,5 +169,8 @@ def format_comparison(metrics: dict[str, Any], metric: str = "auc") -> str:
         if transfer:
             gap = transfer.get(lang, {}).get("gap", {}).get(metric)
             cells += f"{gap:>+16.4f}" if gap is not None else f"{'-':>16}"
+        if paired:
+            row = paired.get(lang)
+            cells += f"{row['diff']:>+15.4f} ({row['se']:.4f})" if row else f"{'-':>24}"
         lines.append(f"{lang:<10}{cells}")
     return "\n".join(lines)

@@ -220,12 +220,45 @@ def evaluate_split(
     if limited:
         metrics["limited_to"] = max_impressions
     if baselines:
-        metrics["baselines"] = {
-            name: summary(outcomes(impressions, scorers[name], accelerator)) for name in baselines
-        }
+        scored = {name: outcomes(impressions, scorers[name], accelerator) for name in baselines}
+        metrics["baselines"] = {name: summary(rows) for name, rows in scored.items()}
+        if PAIRED_AGAINST in scored:
+            scored["model"] = results
+            metrics["paired"] = paired_against(scored, PAIRED_AGAINST)
     if swapper is not None:
         metrics["transfer"] = _transfer(impressions, scorers, swapper, accelerator)
     return metrics, results
+
+
+PAIRED_AGAINST = "teacher_late_fusion"  # the bar: a frozen teacher, no training
+
+
+def paired_against(scored: dict[str, list[Outcome]], against: str, metric: str = "auc") -> dict:
+    """Each scorer's per-impression `metric` minus `against`'s on the same impressions, per
+    language and overall: the mean difference, its standard error (sd / sqrt(n): the two
+    scores of an impression are not independent, so the paired error is the honest one, far
+    smaller than the two unpaired errors together) and n."""
+    base = scored[against]
+    out: dict[str, Any] = {"against": against, "metric": metric}
+    for name, rows in scored.items():
+        if name == against:
+            continue
+        diffs: dict[str, list[float]] = {}
+        for mine, theirs in zip(rows, base, strict=True):
+            if mine[0] != theirs[0]:
+                raise ValueError(f"{name} and {against} scored different impressions")
+            if isinstance(mine[4], dict) and isinstance(theirs[4], dict):
+                diff = mine[4][metric] - theirs[4][metric]
+                diffs.setdefault(mine[1], []).append(diff)
+                diffs.setdefault("overall", []).append(diff)
+        out[name] = {lang: _mean_and_error(d) for lang, d in sorted(diffs.items())}
+    return out
+
+
+def _mean_and_error(diffs: list[float]) -> dict[str, float]:
+    values = np.asarray(diffs, dtype=np.float64)
+    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return {"n": len(values), "diff": float(values.mean()), "se": se}
 
 
 @torch.no_grad()

@@ -105,3 +105,27 @@ def test_format_table_reads_older_metrics_files():
         "0.3500",
         "0.4000",
     ]
+
+
+def test_paired_differences_against_the_teacher_per_language():
+    from mlrec.evaluation.ranking import paired_against
+
+    def rows(aucs):  # (impression, language, candidates, scores, outcome) as outcomes() gives
+        return [
+            (i, lang, [], None, {"auc": auc} if auc is not None else "no click")
+            for i, (lang, auc) in enumerate(aucs)
+        ]
+
+    teacher = rows([("de", 0.5), ("de", 0.7), ("de", 0.6), ("fr", 0.9), ("fr", None)])
+    model = rows([("de", 0.6), ("de", 0.9), ("de", 0.6), ("fr", 0.8), ("fr", None)])
+    got = paired_against({"teacher_late_fusion": teacher, "model": model}, "teacher_late_fusion")
+    assert got["against"] == "teacher_late_fusion" and "teacher_late_fusion" not in got
+    de = got["model"]["de"]
+    assert de["n"] == 3 and abs(de["diff"] - 0.1) < 1e-12
+    # sd of (0.1, 0.2, 0.0) is 0.1: se = 0.1 / sqrt(3)
+    assert abs(de["se"] - 0.1 / 3**0.5) < 1e-12
+    assert got["model"]["fr"]["n"] == 1  # the unscored impression is in neither
+    assert got["model"]["overall"]["n"] == 4
+    with pytest.raises(ValueError, match="different impressions"):
+        paired_against({"teacher_late_fusion": teacher, "model": model[1:] + model[:1]},
+                       "teacher_late_fusion")  # fmt: skip
