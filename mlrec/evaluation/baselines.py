@@ -171,7 +171,8 @@ class CentredHead(LateFusion):
         optimizer = torch.optim.Adam([head], lr=lr)
         with torch.no_grad():
             best, best_loss = head.detach().clone(), _head_loss(head, held, table, max_history)
-        for _ in range(epochs):
+        start_loss, best_epoch = float(best_loss), 0
+        for epoch in range(1, epochs + 1):
             order = torch.randperm(len(fit_on), generator=generator).tolist()
             for start in range(0, len(order), 64):
                 batch = [fit_on[i] for i in order[start : start + 64]]
@@ -183,12 +184,17 @@ class CentredHead(LateFusion):
             with torch.no_grad():
                 held_loss = _head_loss(head, held, table, max_history)
             if held_loss < best_loss:
-                best, best_loss = head.detach().clone(), held_loss
+                best, best_loss, best_epoch = head.detach().clone(), held_loss, epoch
+        # epoch 0 kept means the clicks taught the head nothing: it is centred late fusion
         log.info(
-            "teacher centred head: %d training impressions (%d held out), held-out loss %.4f",
+            "teacher centred head: %d training impressions (%d held out), held-out loss %.4f "
+            "at the identity, %.4f after epoch %d of %d (kept)",
             len(fit_on),
             len(held),
+            start_loss,
             float(best_loss),
+            best_epoch,
+            epochs,
         )
         return cls(vectors, max_history, best.numpy())
 
