@@ -344,7 +344,9 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
 
-BASELINES = ("popularity", "teacher", "teacher_centred_head")
+# teacher_features: late fusion over the item features in the shards (data.item_features:
+# the teacher's vectors centred and mapped, no training)
+BASELINES = ("popularity", "teacher", "teacher_centred_head", "teacher_features")
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("synthetic", "mind", "debian"),
     "data.on_error": ("strict", "skip"),
@@ -501,6 +503,8 @@ def _validate_data(cfg: Config, fail: _Fail) -> None:
 
 def _validate_item_tower(cfg: Config, fail: _Fail) -> None:
     feats, tower = cfg.data.item_features, cfg.model.item_tower
+    if "teacher_features" in cfg.eval.baselines and not feats.teacher:
+        fail("eval.baselines", "has teacher_features: set data.item_features.teacher")
     if tower != "text" and not feats.teacher:
         fail("model.item_tower", f"{tower} needs item features: set data.item_features.teacher")
     if tower == "teacher" and cfg.adapter.method != "frozen":

@@ -165,6 +165,12 @@ def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
     from mlrec.languages import parse_ref
 
     out: dict[str, Any] = {}
+    if "teacher_features" in cfg.eval.baselines:
+        from mlrec.data.features import load_features
+
+        table = np.asarray(load_features(shards_dir, cfg.data.item_features), dtype=np.float32)
+        fused = base.LateFusion(table, cfg.data.max_history, name="teacher features late fusion")
+        out["teacher_features"] = per_impression(fused.scores)
     if "popularity" in cfg.eval.baselines:
         trained_on = base.Popularity.from_shards(cfg.shards_dir)
         rows = [parse_ref(key, "")[0] for key, *_ in item_index(shards_dir)]
@@ -188,6 +194,12 @@ def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
         rows = _evaluated_rows(shards_dir, cfg.eval.reference_language)
         train = list(read_impressions(shard_files(shards_dir, "train"))) if head else []
         rows = sorted(set(rows).union(*(imp["history"] + imp["candidates"] for imp in train)))
+        if cfg.data.item_features.teacher == cfg.eval.teacher and Path(shards_dir) == Path(
+            cfg.shards_dir
+        ):
+            # the item features encoded every row with this teacher: the same texts hit that
+            # cache, where a subset would be encoded again
+            rows = list(range(len(texts)))
         vectors = np.zeros((len(texts), teacher.dim), dtype=np.float32)
         vectors[rows] = base.frozen_item_vectors(
             [texts[r] for r in rows], teacher.encode, Path(shards_dir) / "baselines", teacher.name

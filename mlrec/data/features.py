@@ -66,15 +66,26 @@ def centre_by_language(
 
 
 def fit_map(source: np.ndarray, target: np.ndarray, kind: str, ridge: float = 1.0) -> np.ndarray:
-    """The [dim, dim] matrix W with source @ W close to target (rows are pairs)."""
+    """The [dim, dim] matrix W with source @ W close to target (rows are pairs): orthogonal
+    (`procrustes`), or least squares pulled towards the identity (`linear`: minimises
+    |XW - Y|^2 + ridge |W - I|^2, so with few pairs it stays close to no map at all)."""
     x, y = source.astype(np.float64), target.astype(np.float64)
     if kind == "procrustes":
         u, _, vt = np.linalg.svd(x.T @ y)
         return u @ vt
     if kind == "linear":
-        gram = x.T @ x + ridge * np.eye(x.shape[1])
-        return np.linalg.solve(gram, x.T @ y)
+        eye = np.eye(x.shape[1])
+        return np.linalg.solve(x.T @ x + ridge * eye, x.T @ y + ridge * eye)
     raise ValueError(f"unknown map kind {kind!r}")
+
+
+# the pulls tried for `linear`, the best on held-out pairs kept (1 or 3 for most languages of
+# the Debian catalog; the larger ones are for languages with few pairs)
+RIDGES = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+
+
+def _mean_cosine(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean(np.sum(_normalised(x) * _normalised(y), axis=1)))
 
 
 def _held_out(nid: str) -> bool:
@@ -107,16 +118,22 @@ def language_maps(
             entry["map"] = f"none (fewer than {spec.min_pairs} pairs)"
             report[lang] = entry
             continue
-        src = vectors[[by_lang[lang][n] for n in fit_on]]
-        dst = vectors[[target[n] for n in fit_on]]
-        w = fit_map(src, dst, spec.map)
+        src = vectors[[by_lang[lang][n] for n in fit_on]].astype(np.float64)
+        dst = vectors[[target[n] for n in fit_on]].astype(np.float64)
+        x = vectors[[by_lang[lang][n] for n in check]].astype(np.float64)
+        y = vectors[[target[n] for n in check]].astype(np.float64)
+        if spec.map == "linear" and check:
+            # the pull towards the identity that does best on the held-out pairs
+            fits = {r: fit_map(src, dst, "linear", r) for r in RIDGES}
+            ridge = max(fits, key=lambda r: _mean_cosine(x @ fits[r], y))
+            w, entry["ridge"] = fits[ridge], ridge
+        else:
+            w = fit_map(src, dst, spec.map, RIDGES[-1])
         maps[lang] = w
         entry["map"] = spec.map
         if check:
-            x = vectors[[by_lang[lang][n] for n in check]].astype(np.float64)
-            y = vectors[[target[n] for n in check]].astype(np.float64)
-            entry["held_out_cosine_before"] = float(np.mean(np.sum(x * y, axis=1)))
-            entry["held_out_cosine_after"] = float(np.mean(np.sum(_normalised(x @ w) * y, axis=1)))
+            entry["held_out_cosine_before"] = _mean_cosine(x, y)
+            entry["held_out_cosine_after"] = _mean_cosine(x @ w, y)
         report[lang] = entry
     return maps, report
 
@@ -137,7 +154,8 @@ def build_features(
         raise ValueError(f"{len(texts)} texts for an item table of {len(index)} rows")
     keys = [parse_ref(key, "") for key, *_ in index]
     log.info("item features: encoding %d item texts with %s", len(texts), teacher)
-    vectors = _normalised(np.asarray(encode(texts), dtype=np.float32))
+    raw = _normalised(np.asarray(encode(texts), dtype=np.float32))
+    vectors = raw.copy()
     languages = [lang for _, lang in keys]
     if spec.centre:
         vectors = centre_by_language(vectors, languages, range(len(vectors)))
@@ -156,6 +174,8 @@ def build_features(
         "excluded_news_ids": len(excluded),
         "maps": report,
     }
+    if spec.map_to:
+        record["retrieval"] = held_out_retrieval(raw, vectors, keys, excluded, spec.map_to)
     path = Path(shards_dir) / ITEM_FEATURES
     path.parent.mkdir(parents=True, exist_ok=True)
     io.save_npy(path, vectors.astype(np.float16))
@@ -165,10 +185,48 @@ def build_features(
     return record
 
 
+def held_out_retrieval(
+    raw: np.ndarray,
+    final: np.ndarray,
+    keys: Sequence[tuple[str, str]],
+    pool: set[str],
+    target: str,
+) -> dict[str, dict[str, Any]]:
+    """Translation retrieval on the items no map saw (`pool`: the dev impressions' news ids):
+    per language L, the share of L's pool items whose nearest `target` item of the pool is
+    their own translation, with the teacher's raw vectors and with the final features."""
+    rows: dict[str, dict[str, int]] = {}
+    for row, (nid, lang) in enumerate(keys):
+        if nid in pool:
+            rows.setdefault(lang, {})[nid] = row
+    dst_rows = rows.get(target, {})
+    out: dict[str, dict[str, Any]] = {}
+    for lang in sorted(rows):
+        shared = sorted(n for n in rows[lang] if n in dst_rows) if lang != target else []
+        if not shared:
+            continue
+        src = [rows[lang][n] for n in shared]
+        dst = [dst_rows[n] for n in shared]
+        out[lang] = {
+            "pool": len(shared),
+            "teacher_top1": _top1(raw[src], raw[dst]),
+            "features_top1": _top1(final[src], final[dst]),
+        }
+    return out
+
+
+def _top1(src: np.ndarray, dst: np.ndarray) -> float:
+    """Share of rows i whose most similar row of `dst` is row i."""
+    best = np.argmax(src.astype(np.float32) @ dst.astype(np.float32).T, axis=1)
+    return float(np.mean(best == np.arange(len(src))))
+
+
 def _identity(spec: ItemFeaturesConfig, texts: list[str] | None) -> dict[str, Any]:
     out = {"teacher": spec.teacher, "centre": spec.centre, "map": spec.map, "map_to": spec.map_to}
     if spec.map != "none":
         out["min_pairs"] = spec.min_pairs
+    if spec.map == "linear":
+        out["ridges"] = list(RIDGES)
     if texts is not None:
         out["texts_sha256"] = io.texts_digest(texts)
     return out

@@ -26,6 +26,9 @@ def test_maps_recover_a_known_map():
     assert np.allclose(features.fit_map(x, x @ rotation, "procrustes"), rotation, atol=1e-8)
     skew = rng.normal(size=(16, 16))
     assert np.allclose(features.fit_map(x, x @ skew, "linear", ridge=1e-9), skew, atol=1e-5)
+    # few pairs and a strong pull: close to no map at all, not a fit of 5 pairs in 16 dims
+    few = features.fit_map(x[:5], (x @ skew)[:5], "linear", ridge=1000.0)
+    assert np.abs(few - np.eye(16)).max() < 0.05
     with pytest.raises(ValueError, match="unknown map kind"):
         features.fit_map(x, x, "mlp")
 
@@ -69,7 +72,12 @@ def test_fused_tower_trains_on_teacher_features_in_the_shards(tmp_path):
     from mlrec.data.layout import FEATURES_RECORD, ITEM_FEATURES, item_index
 
     # few dev impressions: most news ids then appear in none, and their translations are pairs
-    cfg = _run(tmp_path, "model.item_tower=fused", "data.synthetic.dev_impressions=10")
+    cfg = _run(
+        tmp_path,
+        "model.item_tower=fused",
+        "data.synthetic.dev_impressions=10",
+        "eval.baselines=[teacher_features]",
+    )
     pipeline.shard(cfg)
     table = np.load(cfg.shards_dir / ITEM_FEATURES)
     record = json.loads((cfg.shards_dir / FEATURES_RECORD).read_text())
@@ -79,12 +87,20 @@ def test_fused_tower_trains_on_teacher_features_in_the_shards(tmp_path):
     for entry in record["maps"].values():  # the synthetic corpus is parallel: every map fits
         assert entry["map"] == "procrustes" and entry["pairs"] >= 50
         assert entry["held_out_cosine_after"] > entry["held_out_cosine_before"]
+    # translation retrieval on the dev items, which no map was fit on
+    assert set(record["retrieval"]) == set(record["maps"])
+    for entry in record["retrieval"].values():
+        assert entry["pool"] > 0 and 0 <= entry["teacher_top1"] <= 1
+        assert 0 <= entry["features_top1"] <= 1
     mtime = (cfg.shards_dir / ITEM_FEATURES).stat().st_mtime_ns
     pipeline.shard(cfg)  # current: not written again
     assert (cfg.shards_dir / ITEM_FEATURES).stat().st_mtime_ns == mtime
 
     metrics = pipeline.train(cfg)
     assert metrics["overall"]["scored"] > 0
+    # the features alone, no training: late fusion over the table, scored beside the model
+    alone = metrics["baselines"]["teacher_features"]["overall"]
+    assert alone["scored"] == metrics["overall"]["scored"]
     last = next((Path(cfg.run_dir) / "checkpoints").glob("step-*"))
     weights = load_file(str(last / "model.safetensors"))
     assert weights["item_encoder.gate.gate"].abs().max() > 0  # the text part was let in
@@ -116,3 +132,11 @@ def test_teacher_tower_needs_a_frozen_encoder_and_current_features(tmp_path):
     )
     with pytest.raises(DataError, match="write them with `mlrec shard"):
         pipeline.train(other)
+
+
+def test_held_out_retrieval_counts_own_translation_as_nearest():
+    keys = [("a", "en"), ("b", "en"), ("a", "de"), ("b", "de"), ("c", "de")]
+    raw = np.array([[1, 0], [0, 1], [0, 1], [1, 0], [1, 0]], dtype=np.float32)  # swapped
+    final = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [1, 0]], dtype=np.float32)  # right
+    got = features.held_out_retrieval(raw, final, keys, {"a", "b"}, "en")
+    assert got == {"de": {"pool": 2, "teacher_top1": 0.0, "features_top1": 1.0}}
