@@ -18,11 +18,15 @@ log = logging.getLogger(__name__)
 
 def prepare_corpus(data: DataConfig, root: Path) -> Path:
     """Return the corpus folder `root`, generating the synthetic corpus (or fetching and
-    converting the Debian catalog) there on first use."""
+    converting the Debian catalog, or converting data.table's tables) there on first use."""
     if data.source == "debian" and not (root / "corpus.json").is_file():
         from mlrec.data.debian import prepare_catalog
 
         prepare_catalog(data.debian, root)
+    if data.source == "table":  # converted again only when the tables or data.table change
+        from mlrec.data.table_corpus import convert_tables
+
+        convert_tables(data, root)
     if data.source == "synthetic" and not (root / "corpus.json").is_file():
         from mlrec.data.synthetic import generate_corpus
 
