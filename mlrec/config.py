@@ -26,6 +26,14 @@ class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or impossible."""
 
 
+REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "http://", "https://")
+
+
+def is_remote(location: str) -> bool:
+    """A data.shards_dir on object storage or an HTTP store rather than a local path."""
+    return location.startswith(REMOTE_PREFIXES)
+
+
 @dataclass(kw_only=True)
 class SyntheticCorpusConfig:
     """Sizes of the built-in synthetic corpus (used when `data.source` is `synthetic`)."""
@@ -343,6 +351,9 @@ class Config:
 
     @property
     def shards_dir(self) -> Path:
+        """The local shards folder; for a remote data.shards_dir, its mirror (mlrec.data.remote)."""
+        if is_remote(self.data.shards_dir):
+            return Path(self.run_dir) / "remote-shards"
         return Path(self.data.shards_dir) if self.data.shards_dir else Path(self.run_dir) / "shards"
 
     @property

@@ -20,6 +20,8 @@ file, what the manifest expects, what was found and how to write the file again.
 
 from __future__ import annotations
 
+import hashlib
+import io as bytes_io
 import json
 import tarfile
 from collections import deque
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mlrec import io
+from mlrec.data import remote
 from mlrec.data.layout import (
     ITEM_TOKENS,
     ITEMS_RECORD,
@@ -78,13 +81,29 @@ def _items_fix(shards_dir: Path) -> str:
 
 
 def _shard_error(shard: ShardFile, problem: str) -> ShardError:
+    if shard.url:  # the tars are written where the manifest is: the mirror is not the fix
+        fix = f"write the shards again with `mlrec shard --out {shard.url.rsplit('/', 1)[0]}`"
+        return ShardError(f"{shard.url}: {problem}; {fix}")
     return ShardError(f"{shard.path}: {problem}; {_unit_fix(shard)}")
+
+
+def _size(shard: ShardFile) -> int:
+    return remote.size(shard.url) if shard.url else shard.path.stat().st_size
+
+
+def _open(shard: ShardFile) -> Any:
+    """The tar's bytes as a file: a remote one fetched whole (retried as a whole)."""
+    if shard.url:
+        return bytes_io.BytesIO(remote.fetch(shard.url))
+    return open(shard.path, "rb")  # noqa: SIM115 - closed by the caller's with
 
 
 def check_size(shard: ShardFile) -> None:
     """The cheap check before a read: the file is there, with the recorded size."""
     try:
-        found = shard.path.stat().st_size
+        found = _size(shard)
+    except remote.RemoteError as err:
+        raise _shard_error(shard, str(err).removeprefix(f"{shard.url}: ")) from None
     except FileNotFoundError:
         raise _shard_error(
             shard, f"missing (the manifest lists it: {shard.samples} samples, {shard.bytes} bytes)"
@@ -103,7 +122,11 @@ def check_count(shard: ShardFile, found: int) -> None:
 
 def check_sha256(shard: ShardFile) -> None:
     """The full check: every byte as written (the file must exist: check_size first)."""
-    found = io.sha256(shard.path)
+    if shard.url:
+        with _open(shard) as handle:
+            found = hashlib.sha256(handle.read()).hexdigest()
+    else:
+        found = io.sha256(shard.path)
     if found != shard.sha256:
         raise _shard_error(
             shard,
@@ -122,11 +145,15 @@ def _samples(shard: ShardFile) -> Iterator[dict[str, Any]]:
     """The tar's members as impression samples (one JSON member each), in order; a tar or a
     member that cannot be read is a ShardError, not a tarfile or json traceback."""
     try:
-        with open(shard.path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+        with _open(shard) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for member in tar:
                 if member.isfile():
                     payload = tar.extractfile(member).read()  # type: ignore[union-attr]
                     yield json.loads(payload)
+    except FileNotFoundError:
+        raise _shard_error(shard, "missing (it was there a moment ago)") from None
+    except remote.RemoteError as err:
+        raise _shard_error(shard, str(err).removeprefix(f"{shard.url}: ")) from None
     except (tarfile.TarError, OSError, ValueError) as err:  # ValueError: bad JSON or UTF-8
         raise _shard_error(shard, f"cannot be read as a shard ({err})") from None
 
