@@ -78,6 +78,7 @@ class Catalog:
     """The items read, in table order: what interactions may refer to."""
 
     keys: list[ItemKey] = field(default_factory=list)
+    refs: list[str] = field(default_factory=list)  # "id@lang", as behaviors rows write them
     categories: list[str] = field(default_factory=list)
     index: dict[ItemKey, int] = field(default_factory=dict)
     languages: dict[str, list[str]] = field(default_factory=dict)  # item id -> its languages
@@ -85,8 +86,12 @@ class Catalog:
     def add(self, key: ItemKey, category: str) -> None:
         self.index[key] = len(self.keys)
         self.keys.append(key)
+        self.refs.append(format_ref(key))
         self.categories.append(category)
         self.languages.setdefault(key[0], []).append(key[1])
+
+    def row(self, item: Any, language: Any, where: str) -> int:
+        return self.index[self.resolve(item, language, where)]
 
     def resolve(self, item: Any, language: Any, where: str) -> ItemKey:
         """The item an interaction names: by id and language column, or by an `id@lang` ref,
@@ -274,9 +279,9 @@ def _split_sizes(events: int, dev_fraction: float, source: str) -> tuple[int, in
     return events - dev, dev
 
 
-def _history_of(value: Any, catalog: Catalog, where: str) -> list[ItemKey]:
+def _history_of(value: Any, catalog: Catalog, where: str) -> list[int]:
     refs = value.split() if isinstance(value, str) else list(value or [])
-    return [catalog.resolve(ref, None, f"{where}: history") for ref in refs]
+    return [catalog.row(ref, None, f"{where}: history") for ref in refs]
 
 
 @dataclass
@@ -290,7 +295,7 @@ class ImpressionWriter:
     train_events: int
     sampler: NegativeSampler | None
     written: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
-    histories: dict[str, deque[ItemKey]] = field(default_factory=dict)
+    histories: dict[str, deque[int]] = field(default_factory=dict)  # catalog rows
 
     def write(self, events: Iterator[list[Located]]) -> None:
         handles = {s: open(self.out / s / "behaviors.tsv", "w", encoding="utf-8") for s in SPLITS}  # noqa: SIM115
@@ -308,14 +313,14 @@ class ImpressionWriter:
         columns = self.columns
         name, number, first = event[0]
         where = f"{name}: row {number}"
-        shown: list[tuple[ItemKey, int]] = []
+        shown: list[tuple[int, int]] = []  # (catalog row, label)
         for row_name, row_number, row in event:
             self.rows.count(row_name, "rows")
             at = f"{row_name}: row {row_number}"
             try:
                 if not cell(row[columns.user_id]):
                     raise DataError(f"{at}: empty user id", EMPTY_USER)
-                key = self.catalog.resolve(
+                item = self.catalog.row(
                     row[columns.item],
                     row[columns.item_language] if columns.item_language else "",
                     at,
@@ -324,7 +329,7 @@ class ImpressionWriter:
             except DataError as err:
                 self.rows.reject(row_name, err)
                 continue
-            shown.append((key, label))
+            shown.append((item, label))
         if not shown:
             return ""
         user = cell(first[columns.user_id])
@@ -336,17 +341,18 @@ class ImpressionWriter:
                 self.rows.reject(name, err)
             return ""
         self.rows.count(name, "kept", len(shown))
-        clicked = [key for key, label in shown if label]
+        clicked = [item for item, label in shown if label]
         self.histories.setdefault(user, deque(maxlen=self.table.max_history)).extend(clicked)
         self.written[split] += 1
+        refs = self.catalog.refs
         return (
             "\t".join(
                 [
                     str(self.written[split]),
                     user,
                     cell(first[columns.time]),
-                    " ".join(map(format_ref, history[-self.table.max_history :])),
-                    " ".join(f"{format_ref(key)}-{label}" for key, label in candidates),
+                    " ".join([refs[r] for r in history[-self.table.max_history :]]),
+                    " ".join([f"{refs[r]}-{label}" for r, label in candidates]),
                 ]
             )
             + "\n"
@@ -356,29 +362,29 @@ class ImpressionWriter:
     def columns(self) -> TableColumnsConfig:
         return self.table.columns
 
-    def _history(self, user: str, row: Row, where: str) -> list[ItemKey]:
+    def _history(self, user: str, row: Row, where: str) -> list[int]:
         if self.columns.history:
             return _history_of(row[self.columns.history], self.catalog, where)
         return list(self.histories.get(user, ()))
 
     def _candidates(
-        self, shown: list[tuple[ItemKey, int]], history: list[ItemKey], where: str
-    ) -> list[tuple[ItemKey, int]]:
+        self, shown: list[tuple[int, int]], history: list[int], where: str
+    ) -> list[tuple[int, int]]:
         if self.sampler is None:  # an impression log: what was shown, as it was logged
             if not any(label for _, label in shown):
                 raise DataError(f"{where}: impression has no clicked item (label 1)", NO_CLICK)
             return shown
-        key = shown[0][0]
-        negatives = self.sampler.sample(key, history)
+        click = shown[0][0]
+        negatives = self.sampler.sample(click, history)
         if not negatives:
             raise DataError(
-                f"{where}: no item to draw a negative from for {format_ref(key)} "
+                f"{where}: no item to draw a negative from for {self.catalog.refs[click]} "
                 f"(data.table.negatives: {self.table.negatives})",
                 NO_NEGATIVE,
             )
-        candidates = [(key, 1), *((neg, 0) for neg in negatives)]
-        order = self.sampler.rng.permutation(len(candidates))  # the click is not always first
-        return [candidates[i] for i in order]
+        candidates = [(neg, 0) for neg in negatives]
+        candidates.insert(self.sampler.place(len(candidates) + 1), (click, 1))
+        return candidates
 
 
 def _train_clicks(events: Events, catalog: Catalog, train_events: int) -> np.ndarray:
@@ -392,7 +398,7 @@ def _train_clicks(events: Events, catalog: Catalog, train_events: int) -> np.nda
         for _, _, row in event:
             try:
                 lang = row[columns.item_language] if columns.item_language else ""
-                clicks[catalog.index[catalog.resolve(row[columns.item], lang, "")]] += 1
+                clicks[catalog.row(row[columns.item], lang, "")] += 1
             except DataError:
                 continue  # reported by the writing pass
     return clicks
@@ -445,7 +451,7 @@ def convert_tables(data: DataConfig, root: Path) -> dict[str, Any]:
             else None
         )
         sampler = NegativeSampler(
-            catalog.keys,
+            [lang for _, lang in catalog.keys],
             catalog.categories,
             table.negatives,
             table.negatives_per_click,
