@@ -129,6 +129,28 @@ def test_shard_to_s3_rerun_skips_and_reads_back_alike(s3, tiny_shards, tmp_path)
     assert [p for p in problems if victim.url in p]
 
 
+def test_slices_to_s3_upload_only_once_every_part_is_there(s3, tiny_shards, tmp_path):
+    """The cluster steps (items, slices, merge) with an s3:// output: the merge of an
+    unfinished job refuses and sends nothing; once every slice is there it uploads, manifest
+    last; a second merge sends only the manifest again."""
+    from mlrec import pipeline
+
+    url = f"{s3}/sliced"
+    cfg = tiny_config(tmp_path / "run", f"data.shards_dir={url}")
+    pipeline.shard(cfg, step="items")
+    pipeline.shard(cfg, part=(0, 2))
+    with pytest.raises(FileNotFoundError, match="run the missing `mlrec shard --slice"):
+        pipeline.shard(cfg, step="merge")
+    fs = remote.filesystem(url)
+    assert not fs.exists(f"{url}/manifest.json") and not fs.exists(f"{url}/tokenizer")
+    pipeline.shard(cfg, part=(1, 2))
+    pipeline.shard(cfg, step="merge")
+    reader = tiny_config(tmp_path / "reader", f"data.shards_dir={url}")
+    pipeline.remote_shards(reader)
+    assert _samples(reader.shards_dir, "train") == _samples(tiny_shards, "train")
+    assert remote.upload(cfg.shards_dir, url) == 1
+
+
 def test_http_shards_read_like_local_and_a_missing_one_is_named(served, tiny_shards, tmp_path):
     from mlrec import pipeline
 
