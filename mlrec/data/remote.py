@@ -86,11 +86,29 @@ def retried(what: str, call: Callable[[], T], attempts: int = ATTEMPTS) -> T:
     raise AssertionError("unreachable")
 
 
+_LISTINGS: dict[tuple[int, str], dict[str, int]] = {}
+
+
 def size(url: str) -> int:
-    """The remote file's size in bytes; FileNotFoundError when it is not there."""
+    """The remote file's size in bytes; FileNotFoundError when it is not there. On object
+    storage a folder is listed once per process: a loader checks every shard's size before
+    it starts, and one request per shard (thousands) would delay every start by minutes. The
+    bytes fetched are checked against the manifest again (mlrec.data.verify)."""
     if url.startswith(("http://", "https://")):
         return int(retried(url, lambda: _http_size(url)))
-    return int(retried(url, lambda: filesystem(url).size(url)))
+    folder, _, name = url.rpartition("/")
+    key = (os.getpid(), folder)
+    if key not in _LISTINGS:
+        fs = filesystem(url)
+        entries = retried(folder, lambda: fs.ls(folder, detail=True, refresh=True))
+        _LISTINGS[key] = {
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
+            for e in entries
+            if e.get("type") == "file"
+        }
+    if name in _LISTINGS[key]:
+        return _LISTINGS[key][name]
+    return int(retried(url, lambda: filesystem(url).size(url)))  # added since the listing
 
 
 # fsspec's HTTP file system reports every failed HEAD (a 503 too) as FileNotFoundError, which

@@ -94,8 +94,15 @@ def _size(shard: ShardFile) -> int:
 def _open(shard: ShardFile) -> Any:
     """The tar's bytes as a file: a remote one fetched whole (retried as a whole)."""
     if shard.url:
-        return bytes_io.BytesIO(remote.fetch(shard.url))
+        data = remote.fetch(shard.url)
+        if len(data) != shard.bytes:  # the size check may have read a listing made earlier
+            raise _shard_error(shard, _size_problem(len(data), shard))
+        return bytes_io.BytesIO(data)
     return open(shard.path, "rb")  # noqa: SIM115 - closed by the caller's with
+
+
+def _size_problem(found: int, shard: ShardFile) -> str:
+    return f"{found} bytes, but the manifest records {shard.bytes} (truncated or replaced?)"
 
 
 def check_size(shard: ShardFile) -> None:
@@ -109,9 +116,7 @@ def check_size(shard: ShardFile) -> None:
             shard, f"missing (the manifest lists it: {shard.samples} samples, {shard.bytes} bytes)"
         ) from None
     if found != shard.bytes:
-        raise _shard_error(
-            shard, f"{found} bytes, but the manifest records {shard.bytes} (truncated or replaced?)"
-        )
+        raise _shard_error(shard, _size_problem(found, shard))
 
 
 def check_count(shard: ShardFile, found: int) -> None:
@@ -145,15 +150,17 @@ def _samples(shard: ShardFile) -> Iterator[dict[str, Any]]:
     """The tar's members as impression samples (one JSON member each), in order; a tar or a
     member that cannot be read is a ShardError, not a tarfile or json traceback."""
     try:
-        with _open(shard) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
-            for member in tar:
-                if member.isfile():
-                    payload = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    yield json.loads(payload)
+        handle = _open(shard)
     except FileNotFoundError:
         raise _shard_error(shard, "missing (it was there a moment ago)") from None
     except remote.RemoteError as err:
         raise _shard_error(shard, str(err).removeprefix(f"{shard.url}: ")) from None
+    try:
+        with handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+            for member in tar:
+                if member.isfile():
+                    payload = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    yield json.loads(payload)
     except (tarfile.TarError, OSError, ValueError) as err:  # ValueError: bad JSON or UTF-8
         raise _shard_error(shard, f"cannot be read as a shard ({err})") from None
 
