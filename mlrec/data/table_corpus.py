@@ -43,6 +43,7 @@ from mlrec.config import DataConfig, TableColumnsConfig, TableCorpusConfig
 from mlrec.data.negatives import NegativeSampler
 from mlrec.data.rows import (
     AMBIGUOUS_ITEM,
+    BAD_ID,
     BAD_LABEL,
     BAD_NEWS_ID,
     BAD_TIME,
@@ -220,7 +221,12 @@ class Events:
 
     def _order(self, row: Row) -> Any:
         time = _time(row[self.columns.time])
-        return (time, row[self.columns.impression_id]) if self.grouped else time
+        if not self.grouped:
+            return time
+        impression = row[self.columns.impression_id]
+        if impression is None or not cell(impression):
+            raise DataError("no impression id", BAD_ID)
+        return time, impression
 
     def read(self, columns: list[str], rows: RowLog) -> Iterator[list[Located]]:
         """Each event as its rows; rows whose time is missing go to `rows` as rejected."""
@@ -239,7 +245,7 @@ class Events:
 
     def _impressions(self, located: Iterator[Located], rows: RowLog) -> Iterator[list[Located]]:
         """Consecutive rows with one impression id; an id seen again later is a row error
-        (the rows of one impression must share one time)."""
+        (the rows of one impression must share one time). Memory: one entry per impression."""
         column = self.columns.impression_id
         first_row: dict[Any, str] = {}
         group: list[Located] = []

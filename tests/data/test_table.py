@@ -414,3 +414,29 @@ def test_table_config_errors_name_the_key(tmp_path):
         ConfigError, match=r"data.table.columns.time: .*log.parquet has no column 'when'"
     ):
         _converted(cfg)
+
+
+def test_impression_log_rows_without_a_click_or_an_id_are_errors_or_counted(tmp_path):
+    items, _ = _small_tables(tmp_path)
+    log = {
+        "imp": ["i1", "i1", "i2", "i2", None, "i3", "i3"],
+        "uid": ["u1", "u1", "u2", "u2", "u1", "u1", "u1"],
+        "ts": [1, 1, 2, 2, 3, 4, 4],
+        "doc": ["a", "b", "c", "d", "a", "e", "f"],
+        "doc_lang": ["en", "en", "de", "de", "en", "en", "en"],
+        "clicked": [1, 0, 0, 0, 1, 1, 2],
+    }
+    _write_parquet(items, tmp_path / "items.parquet")
+    _write_parquet(log, tmp_path / "log.parquet")
+    args = (tmp_path / "items.parquet", tmp_path / "log.parquet", *IMPRESSIONS)
+    with pytest.raises(DataError, match=r"log\.parquet: row 5: no impression id"):
+        _converted(_table_config(tmp_path / "strict", *args))
+    skip = _table_config(tmp_path / "skip", *args, "data.on_error=skip")
+    converted = _converted(skip)
+    counts = json.loads((skip.corpus_dir / "corpus.json").read_text())["rows"]["files"]
+    assert counts[str(tmp_path / "log.parquet")] == {
+        "rows": 7, "kept": 3, "duplicates": 0,
+        "skipped": {"bad impression id": 1, "bad label": 1, "no clicked candidate": 2},
+    }  # fmt: skip
+    assert converted["train/behaviors.tsv"].split("\t")[4] == "a@en-1 b@en-0\n"
+    assert converted["dev/behaviors.tsv"].split("\t")[4] == "e@en-1\n"
