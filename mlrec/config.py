@@ -90,7 +90,8 @@ class TableColumnsConfig:
 @dataclass(kw_only=True)
 class TableCorpusConfig:
     """Items and interactions in Parquet, JSONL or CSV, or a Hugging Face dataset (used when
-    `data.source` is `table`; converted once into a MIND-format corpus, see mlrec/data/table.py)."""
+    `data.source` is `table`; converted once into a MIND-format corpus, see
+    mlrec/data/table_corpus.py)."""
 
     items: str = ""  # a file, a glob, a URL (s3://, https://) or a Hugging Face dataset folder
     interactions: str = ""  # the same forms
