@@ -5,7 +5,8 @@ One file is one `Table` (so an error names the file and the row: 1-based, a CSV'
 counted, a JSONL's blank lines not counted); a Hugging Face dataset folder or name is one table
 named `<name>[<split>]`. Without streaming a file is converted once into `datasets`' Arrow cache
 (memory-mapped, so larger than memory is fine) and can be sorted; with streaming it is read as
-it lies, which is the only way for a corpus on remote storage too big for the local disk.
+it lies, without that copy. A remote file (s3://, gs://, https://) is first copied into the
+corpus folder's table cache through fsspec, once per version of the file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlrec import io
 from mlrec.config import ConfigError, TableCorpusConfig
 from mlrec.data.rows import DataError
 
@@ -90,7 +92,7 @@ def open_tables(spec: str, key: str, table: TableCorpusConfig, cache_dir: Path) 
         try:
             data = datasets.load_dataset(
                 file_format,
-                data_files=url,
+                data_files=_local_copy(url, info, cache_dir),
                 split="train",
                 streaming=table.streaming,
                 cache_dir=str(cache_dir),
@@ -99,6 +101,26 @@ def open_tables(spec: str, key: str, table: TableCorpusConfig, cache_dir: Path) 
             raise DataError(f"{url}: cannot be read as {file_format}: {err}") from None
         tables.append(Table(url, data, f"{url}:{info}"))
     return tables
+
+
+def _local_copy(url: str, stamp: str, cache_dir: Path) -> str:
+    """A local path for `url`: itself, or a copy of a remote file fetched through fsspec once
+    per version (`stamp`: size and modification). `datasets` would fetch it itself, but not
+    under HF_HUB_OFFLINE, which is there to keep the model hub away, not the user's own store."""
+    if "://" not in url:
+        return url
+    import hashlib
+
+    from mlrec.data.remote import filesystem, retried
+
+    version = hashlib.sha256(f"{url}\0{stamp}".encode()).hexdigest()[:16]
+    target = cache_dir / "downloads" / version / url.rstrip("/").rsplit("/", 1)[-1]
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = io.temporary(target)
+        retried(url, lambda: filesystem(url).get_file(url, str(tmp)))
+        io.publish(tmp, target)
+    return str(target)
 
 
 def _expand(spec: str, key: str) -> list[tuple[str, str]]:

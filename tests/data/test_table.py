@@ -440,3 +440,49 @@ def test_impression_log_rows_without_a_click_or_an_id_are_errors_or_counted(tmp_
     }  # fmt: skip
     assert converted["train/behaviors.tsv"].split("\t")[4] == "a@en-1 b@en-0\n"
     assert converted["dev/behaviors.tsv"].split("\t")[4] == "e@en-1\n"
+
+
+def test_tables_read_from_an_http_url_convert_as_local_ones(tmp_path):
+    """`python -m http.server` on 127.0.0.1 serving the tables: read through fsspec, streamed
+    and not, they give the corpus the local files give."""
+    import socket
+    import time
+
+    items, log = _small_tables(tmp_path)
+    _write_parquet(items, tmp_path / "served" / "items.parquet")
+    _write_parquet(log, tmp_path / "served" / "log.parquet")
+    local = _converted(
+        _table_config(
+            tmp_path / "local", tmp_path / "served" / "items.parquet",
+            tmp_path / "served" / "log.parquet",
+        )
+    )  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path / "served", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        for streaming in ("false", "true"):
+            cfg = _table_config(
+                tmp_path / f"http-{streaming}", f"{url}/items.parquet", f"{url}/log.parquet",
+                f"data.table.streaming={streaming}",
+            )  # fmt: skip
+            assert _converted(cfg) == local, streaming
+        missing = _table_config(
+            tmp_path / "missing", f"{url}/nothing.parquet", f"{url}/log.parquet"
+        )
+        with pytest.raises(Exception, match=r"data.table.items: .*nothing.parquet"):
+            _converted(missing)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
