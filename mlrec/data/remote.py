@@ -4,9 +4,9 @@ A remote shards folder is read through a local *mirror* of its small files (mani
 tokenizer/, items/) in `<run_dir>/remote-shards/`: training memory-maps the item table and
 loads the tokenizer from local files, exactly as from a local folder. The tars, the bulk, stay
 remote: each is fetched whole when it is read (a few MB; the loader holds one shard's samples
-at a time anyway), then checked as a local tar is (size before, count after, sha256 before
-evaluation: mlrec.data.verify). `remote.json` in the mirror records the URL, and
-mlrec.data.layout gives each ShardFile its `url` from it.
+at a time anyway, and fetches the next one meanwhile: `prefetch`), then checked as a local
+tar is (size before, count after, sha256 before evaluation: mlrec.data.verify). `remote.json`
+in the mirror records the URL, and mlrec.data.layout gives each ShardFile its `url` from it.
 
 Every request is retried with exponential backoff on a transient error (a refused or reset
 connection, a timeout, a 5xx); a permanent one (404, 403) fails at once. Either way the error
@@ -24,6 +24,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,8 +132,32 @@ def _http_size(url: str) -> int:
 
 
 def fetch(url: str) -> bytes:
-    """The remote file's bytes, in one request (retried whole)."""
+    """The remote file's bytes, in one request (retried whole); from the read-ahead when
+    `prefetch` asked for it (its failure is forgotten: this call fetches again and reports)."""
+    ahead = _AHEAD.pop((os.getpid(), url), None)
+    if ahead is not None:
+        try:
+            return ahead.result()
+        except Exception:  # noqa: BLE001, S110 - fetched again below, which raises it
+            pass
     return retried(url, lambda: filesystem(url).cat_file(url))
+
+
+# Read-ahead: the next shards of a loader fetched in threads while it reads the current one
+# (network waits release the GIL), at most _AHEAD_MAX held per process.
+_AHEAD: dict[tuple[int, str], Future] = {}
+_AHEAD_MAX = 4
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def prefetch(url: str) -> None:
+    key = (os.getpid(), url)
+    if key in _AHEAD or len(_AHEAD) >= _AHEAD_MAX:
+        return
+    pool = _POOLS.get(key[0])
+    if pool is None:  # one per process: a forked DataLoader worker has none of its parent's
+        pool = _POOLS[key[0]] = ThreadPoolExecutor(2, thread_name_prefix="mlrec-read-ahead")
+    _AHEAD[key] = pool.submit(retried, url, lambda: filesystem(url).cat_file(url))
 
 
 def mirror(url: str, local: Path) -> Path:

@@ -60,7 +60,7 @@ class Table:
     def sorted_by(self, keys: list[str]) -> Table:
         """The table in `keys` order (stable: ties keep file order), each row keeping its
         number; a streamed table is returned as it is (its order is checked as it is read)."""
-        if not hasattr(self.data, "sort"):
+        if not hasattr(self.data, "sort") or _in_order(self.data.data, keys):
             return self
         import numpy as np
 
@@ -69,6 +69,30 @@ class Table:
             warnings.simplefilter("ignore", FutureWarning)
             ordered = numbered.sort([*keys, ROW])
         return Table(self.name, ordered, self.fingerprint)
+
+
+def _in_order(arrow: Any, keys: list[str]) -> bool:
+    """Whether the rows are already in `keys` order (a log exported by time usually is): then
+    the sort, its index column and its indirect reads are skipped, for the same order."""
+    import pyarrow.compute as pc
+
+    table = arrow.table if hasattr(arrow, "table") else arrow
+    if table.num_rows < 2:
+        return True
+    ties = None  # rows equal to the one before in every key so far
+    for key in keys:
+        column = table.column(key)
+        now, before = column.slice(1), column.slice(0, table.num_rows - 1)
+        if pc.any(pc.is_null(column)).as_py():
+            return False  # the sort puts missing keys last; let it
+        earlier = pc.less(now, before)
+        if ties is not None:
+            earlier = pc.and_(earlier, ties)
+        if pc.any(earlier).as_py():
+            return False
+        equal = pc.equal(now, before)
+        ties = equal if ties is None else pc.and_(ties, equal)
+    return True
 
 
 def open_tables(spec: str, key: str, table: TableCorpusConfig, cache_dir: Path) -> list[Table]:

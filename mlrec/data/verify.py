@@ -105,6 +105,12 @@ def _size_problem(found: int, shard: ShardFile) -> str:
     return f"{found} bytes, but the manifest records {shard.bytes} (truncated or replaced?)"
 
 
+def read_ahead(shard: ShardFile) -> None:
+    """Start fetching a remote shard that is read next (nothing for a local one)."""
+    if shard.url:
+        remote.prefetch(shard.url)
+
+
 def check_size(shard: ShardFile) -> None:
     """The cheap check before a read: the file is there, with the recorded size."""
     try:

@@ -118,13 +118,16 @@ def test_a_parquet_click_log_trains_and_evaluates_end_to_end(tmp_path):
         "data.table.max_history=10",
         "train.steps=12",
     )
+    from mlrec import pipeline
+
+    pipeline.data(cfg)  # in this process: the conversion; then sharding
+    pipeline.shard(cfg)
     cfg.save(tmp_path / "table.yaml")
-    for stage in ("data", "shard", "train"):
-        out = subprocess.run(
-            [sys.executable, "-m", "mlrec", stage, "--config", str(tmp_path / "table.yaml")],
-            capture_output=True, text=True, timeout=600, cwd=REPO,
-        )  # fmt: skip
-        assert out.returncode == 0, out.stderr[-3000:]
+    out = subprocess.run(  # the real entry point trains, then evaluates
+        [sys.executable, "-m", "mlrec", "train", "--config", str(tmp_path / "table.yaml")],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
     corpus = json.loads((cfg.corpus_dir / "corpus.json").read_text())
     clicks = sum(1 for _ in _clicks(tmp_path / "generated")["uid"])
     assert corpus["impressions"]["train"] + corpus["impressions"]["dev"] == clicks
