@@ -121,6 +121,12 @@ def _evaluate_options(sub: argparse.ArgumentParser) -> None:
 
 def _shard_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--workers", type=int, default=1, help="processes writing shards at once")
+    sub.add_argument(
+        "--out",
+        metavar="DIR_OR_URL",
+        help="the shards folder, local or s3:// / gs:// (sets data.shards_dir; a remote one is "
+        "written locally first, then uploaded)",
+    )
     steps = sub.add_mutually_exclusive_group()
     steps.add_argument(
         "--items",
@@ -149,6 +155,8 @@ def _shard_options(sub: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> Config:
     run = getattr(args, "run", None)
     overrides = list(args.overrides)
+    if getattr(args, "out", None) and args.stage == "shard":
+        overrides.append(f"data.shards_dir={args.out}")
     # argparse gives a run directory and the first override to the same slot when both appear
     if run is not None and "=" in str(run):
         overrides.insert(0, str(run))
@@ -269,6 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.stage == "shard" and args.verify:
             from mlrec.data.verify import verify_folder
 
+            pipeline.remote_shards(cfg)
             # one line per problem on stderr as found; then the summary, or the error for it
             print(verify_folder(cfg.shards_dir, lambda line: print(line, file=sys.stderr)))
         elif args.stage == "shard":

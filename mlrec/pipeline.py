@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from mlrec import io, locks
-from mlrec.config import Config, ConfigError
+from mlrec.config import Config, ConfigError, is_remote
 from mlrec.data.corpus import behaviors_files, news_files, prepare_corpus
 from mlrec.data.shards import build_shards
 from mlrec.export.parity import ParityError
@@ -50,6 +50,7 @@ def shard(
     if inspect:
         from mlrec.data.inspect import describe
 
+        remote_shards(cfg)
         print(describe(cfg.shards_dir))
         return None
     inputs = shards.ShardInputs.of(cfg)
@@ -78,7 +79,11 @@ def shard(
             manifest = build_shards(inputs, workers=workers)
         if cfg.data.item_features.teacher:
             item_features(cfg)
-    log.info("shards, item table and manifest: %s", cfg.shards_dir)
+        if is_remote(cfg.data.shards_dir):  # written here, then sent, manifest last
+            from mlrec.data.remote import upload
+
+            upload(cfg.shards_dir, cfg.data.shards_dir)
+    log.info("shards, item table and manifest: %s", cfg.data.shards_dir or cfg.shards_dir)
     return manifest
 
 
@@ -117,10 +122,20 @@ def item_features(cfg: Config) -> dict[str, Any]:
     return features.build_features(shards_dir, texts, encode, spec, excluded, teacher.name)
 
 
+def remote_shards(cfg: Config) -> None:
+    """A remote data.shards_dir's manifest, tokenizer and item table, mirrored locally before a
+    stage reads them (the tars are read remotely; see mlrec.data.remote)."""
+    if is_remote(cfg.data.shards_dir):
+        from mlrec.data.remote import mirror
+
+        mirror(cfg.data.shards_dir, cfg.shards_dir)
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Train (resuming if configured), evaluate, and close the process group."""
     from mlrec.train.trainer import Trainer
 
+    remote_shards(cfg)
     with closing(Trainer(cfg)) as trainer:
         trainer.baselines = baselines(cfg, cfg.shards_dir)
         return trainer.train()
@@ -316,6 +331,8 @@ def evaluate(
     from mlrec.evaluation.ranking import evaluate as score
     from mlrec.train.trainer import build_accelerator, close_accelerator, lock_on_main
 
+    remote_shards(cfg)
+
     if export is None and out is None and (checkpoint is not None or data is not None):
         # <run_dir>/eval holds the latest checkpoint on the run's own dev sets: another
         # evaluation written there would pass for it
@@ -366,6 +383,7 @@ def export(cfg: Config) -> Path:
         )
     if cfg.export.triton and not cfg.export.onnx:
         raise ConfigError("export.triton needs export.onnx: Triton serves the ONNX models")
+    remote_shards(cfg)
     model, tokenizer = trained_model(cfg)
     final = cfg.export_dir
     # written beside export.dir and put in its place only when complete and checked: a crash,
@@ -424,6 +442,7 @@ def distill(cfg: Config, *, cache_teacher: bool = False) -> dict[str, Any] | Non
     with `cache_teacher` only write the teacher's outputs next to the shards (offline mode)."""
     from mlrec.distill import recommend
 
+    remote_shards(cfg)
     if cache_teacher:
         recommend.cache_teacher(cfg)
         return None

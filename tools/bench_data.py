@@ -1,11 +1,15 @@
 """Data-stage benchmark: shards + streaming loader vs tokenising the TSVs on the fly, the loader
-vs what a training step consumes, and sharding throughput and peak memory at 1x and 10x corpus.
+vs what a training step consumes, sharding throughput and peak memory at 1x and 10x corpus (from
+MIND TSV, and from a Parquet click log through data.source: table), and the loader reading the
+same shards from local disk, a local HTTP server and a local S3 (moto).
 
     python -m tools.bench_data --out FILE.json [--quick]
 
-Full: the 10x corpus has 1M train impressions (and is the one the loaders read); --quick is 10x
-smaller (under 5 minutes on 2 cores). Loader and naive baseline are measured alternately in the
-same run, 3 times each, and medians reported (another busy process skews a lone measurement).
+Full: the 10x corpus has 1M train impressions (and is the one the loaders read), the Parquet
+click logs 1M and 10M clicks; --quick is 10x smaller. Loader and naive baseline, and the local
+and remote loaders, are measured alternately in the same run, 3 times each, and medians
+reported (another busy process skews a lone measurement). The remote runs need mlrec[remote]
+and moto[server] (the dev extra).
 """
 
 from __future__ import annotations
@@ -30,17 +34,32 @@ from mlrec.data.synthetic import generate_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 
-SHARD_CHILD = """
-import json, resource, sys, time
+# Peak memory of the child itself: VmHWM, the high-water mark of its own address space.
+# resource.getrusage(RUSAGE_SELF).ru_maxrss, used before, keeps the parent's peak across the
+# fork and exec that start the child (measured: 811 MB reported for a child of 11 MB whose
+# parent held 800 MB), so it had reported the benchmark process, not sharding.
+PEAK = """
+def peak_rss_mb():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+"""
+
+SHARD_CHILD = (
+    PEAK
+    + """
+import json, sys, time
 from mlrec.config import load_config
 from mlrec.data.shards import ShardInputs, build_shards
 cfg = load_config(None, sys.argv[1:])
 start = time.perf_counter()
-manifest = build_shards(ShardInputs.of(cfg), progress=False)
+manifest = build_shards(ShardInputs.of(cfg), progress=False)  # for a table: conversion first
 print(json.dumps({"seconds": time.perf_counter() - start,
                   "impressions": sum(s["rows"] for s in manifest["splits"].values()),
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": peak_rss_mb()}))
 """
+)
 
 
 class NaiveDataset(torch.utils.data.Dataset):
@@ -184,6 +203,148 @@ def bench_sharding(work: Path, corpora: dict[int, Path], tokenizer: Path) -> dic
     return results
 
 
+def write_click_log(corpus: Path, out: Path, clicks: int) -> Path:
+    """An item table (the corpus' news, all languages) and a click log of `clicks` rows in
+    Parquet: users reading in their own language, items uniform, times increasing."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    items: dict[str, list] = {"item_id": [], "language": [], "title": [], "category": []}
+    for path in sorted((corpus / "news").glob("*.tsv")):
+        for item in read_news(path, path.stem):
+            values = (item.nid, item.lang, item.title, item.category)
+            for key, value in zip(items, values, strict=True):
+                items[key].append(value)
+    pq.write_table(pa.table(items), out / "items.parquet")
+    languages = sorted(set(items["language"]))
+    nids = np.array(sorted(set(items["item_id"])))
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, max(clicks // 20, 10), clicks)
+    table = pa.table(
+        {
+            "user_id": pa.array(np.char.add("U", users.astype(str))),
+            "time": np.arange(clicks, dtype=np.int64),
+            "item_id": pa.array(nids[rng.integers(0, len(nids), clicks)]),
+            "item_language": pa.array(np.array(languages)[users % len(languages)]),
+        }
+    )
+    pq.write_table(table, out / "clicks.parquet", row_group_size=1 << 20)
+    return out
+
+
+def bench_parquet_sharding(work: Path, corpus: Path, tokenizer: Path, base: int) -> dict:
+    """Parquet click logs of `base` and 10 * `base` clicks converted and sharded, each in a
+    fresh process: seconds, impressions/s and peak memory."""
+    results = {}
+    for scale in (1, 10):
+        tables = work / f"parquet_{scale}x"
+        if not (tables / "clicks.parquet").is_file():
+            write_click_log(corpus, tables, base * scale)
+        args = [
+            f"run_dir={work / f'parquet_shards_{scale}x'}",
+            "data.source=table",
+            f"data.table.items={tables / 'items.parquet'}",
+            f"data.table.interactions={tables / 'clicks.parquet'}",
+            "data.table.columns.item_language=item_language",
+            "data.table.columns.category=category",
+            f"model.tokenizer={tokenizer}",
+        ]
+        done = subprocess.run(
+            [sys.executable, "-c", SHARD_CHILD, *args],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        run = json.loads(done.stdout.strip().splitlines()[-1])
+        run["clicks"] = base * scale
+        run["impressions_per_s"] = run["impressions"] / run["seconds"]
+        results[f"parquet_shard_{scale}x"] = run
+        print(f"parquet sharding {scale}x: {run}", flush=True)
+    results["parquet_shard_peak_rss_ratio_10x"] = (
+        results["parquet_shard_10x"]["peak_rss_mb"] / results["parquet_shard_1x"]["peak_rss_mb"]
+    )
+    results["parquet_shard_impressions_per_s"] = results["parquet_shard_10x"]["impressions_per_s"]
+    return results
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve(cmd: list[str], port: int, cwd: Path | None = None) -> subprocess.Popen:
+    import socket
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[2]} did not start on 127.0.0.1:{port}") from None
+            time.sleep(0.1)
+
+
+def bench_remote(work: Path, shards: Path, n: int) -> dict:
+    """Loader samples/s (2 workers) from the same shards on local disk, through
+    `python -m http.server` and through moto's S3 server, all on 127.0.0.1."""
+    import os
+
+    from mlrec.data import remote
+
+    http_port, s3_port = _port(), _port()
+    servers = [
+        _serve([sys.executable, "-m", "http.server", str(http_port), "--bind", "127.0.0.1"],
+               http_port, cwd=shards),
+        _serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(s3_port)],
+               s3_port),
+    ]  # fmt: skip
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
+    )
+    try:
+        remote.filesystem("s3://").mkdir("bench")
+        start = time.perf_counter()
+        remote.upload(shards, "s3://bench/shards")
+        upload_s = time.perf_counter() - start
+        folders = {
+            "local": shards,
+            "http": remote.mirror(f"http://127.0.0.1:{http_port}", work / "mirror_http"),
+            "s3": remote.mirror("s3://bench/shards", work / "mirror_s3"),
+        }
+        cfg = Config()
+        runs: dict[str, list[float]] = {name: [] for name in folders}
+        for _ in range(3):  # alternate, as for the loaders above
+            for name, folder in folders.items():
+                loader = train_loader(folder, num_workers=2, **loader_settings(cfg))
+                runs[name].append(samples_per_s(loader, n, cfg.data.batch_size))
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.wait(timeout=30)
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    return {
+        "loader_samples_per_s_local": medians["local"],
+        "loader_samples_per_s_http": medians["http"],
+        "loader_samples_per_s_s3": medians["s3"],
+        "remote_http_vs_local": medians["http"] / medians["local"],
+        "remote_s3_vs_local": medians["s3"] / medians["local"],
+        "s3_upload_s": upload_s,
+        "remote_runs": runs,
+    }
+
+
 def loader_settings(cfg: Config) -> dict:
     """train_loader's arguments besides the shards and the workers: the quickstart's."""
     return dict(
@@ -251,6 +412,10 @@ def main() -> None:
     results["loader_corpus_train_impressions"] = base * scale
     results.update(bench_loaders(shards, corpora[scale], tokenizer, n=30 if args.quick else 100))
     results.update(bench_consumption(shards, results["loader_samples_per_s_2_workers"]))
+    results["shard_impressions_per_s"] = results["shard_10x"]["impressions_per_s"]  # MIND TSV
+    clicks = 100_000 if args.quick else 1_000_000  # the 1x Parquet click log
+    results.update(bench_parquet_sharding(work, corpora[1], tokenizer, clicks))
+    results.update(bench_remote(work, shards, n=30 if args.quick else 100))
     args.out.write_text(json.dumps(results, indent=2))
     print(json.dumps({k: v for k, v in results.items() if not isinstance(v, dict)}, indent=2))
 

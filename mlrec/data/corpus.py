@@ -21,7 +21,7 @@ DEBIAN_DEV_SETS = {"monolingual": "dev", "bilingual": "dev-bilingual"}
 
 def prepare_corpus(data: DataConfig, root: Path) -> Path:
     """Return the corpus folder `root`, generating the synthetic corpus (or fetching and
-    converting the Debian catalog) there on first use."""
+    converting the Debian catalog, or converting data.table's tables) there on first use."""
     if data.source == "debian":
         from mlrec.data.debian import check_catalog, prepare_catalog
 
@@ -29,6 +29,10 @@ def prepare_corpus(data: DataConfig, root: Path) -> Path:
             check_catalog(data.debian, root)
         else:
             prepare_catalog(data.debian, root)
+    if data.source == "table":  # converted again only when the tables or data.table change
+        from mlrec.data.table_corpus import convert_tables
+
+        convert_tables(data, root)
     if data.source == "synthetic" and not (root / "corpus.json").is_file():
         from mlrec.data.synthetic import generate_corpus
 

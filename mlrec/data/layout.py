@@ -36,6 +36,8 @@ ITEMS_RECORD = "items/items.json"
 ITEM_FEATURES = "items/features.npy"
 FEATURES_RECORD = "items/features.json"
 MANIFEST = "manifest.json"
+# in a local mirror of a remote shards folder (mlrec.data.remote): {"url": the folder's URL}
+REMOTE_RECORD = "remote.json"
 
 
 def load_manifest(shards_dir: str | Path) -> dict[str, Any]:
@@ -68,6 +70,7 @@ class ShardFile:
     samples: int
     bytes: int
     sha256: str
+    url: str = ""  # where the tar is read from when the folder is a remote one's mirror
 
     def __fspath__(self) -> str:
         return os.fspath(self.path)
@@ -80,11 +83,23 @@ class ShardFile:
         return self.path.with_name(f"{unit}.json")
 
 
+def remote_url(shards_dir: str | Path) -> str:
+    """The URL of the remote folder that `shards_dir` mirrors, or "" for a local folder."""
+    record = Path(shards_dir) / REMOTE_RECORD
+    return json.loads(record.read_text())["url"] if record.is_file() else ""
+
+
 def shard_files(shards_dir: str | Path, split: str) -> list[ShardFile]:
     """The tars of a split, in the manifest's order."""
+    base = remote_url(shards_dir)
     return [
         ShardFile(
-            Path(shards_dir) / s["name"], s["language"], s["samples"], s["bytes"], s["sha256"]
+            Path(shards_dir) / s["name"],
+            s["language"],
+            s["samples"],
+            s["bytes"],
+            s["sha256"],
+            f"{base}/{s['name']}" if base else "",
         )
         for s in load_manifest(shards_dir)["splits"][split]["shards"]
     ]

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mlrec.data.layout import ITEM_FEATURES, ITEM_TOKENS, ShardFile, language_shards, load_manifest
-from mlrec.data.verify import check_size, read_shard
+from mlrec.data.verify import check_size, read_ahead, read_shard
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,10 @@ class TrainStream(IterableDataset):
             # The same generator in every slot: a split by sample needs one common order.
             rng = np.random.default_rng([self.seed, lang_id, epoch])
             position = 0
-            for i in rng.permutation(len(shards)):
+            order = rng.permutation(len(shards))
+            for k, i in enumerate(order):
+                if k + 1 < len(order):  # a remote shard is fetched while this one is read
+                    read_ahead(shards[order[k + 1]])
                 samples = list(read_impressions([shards[i]]))
                 for j in rng.permutation(len(samples)):
                     if by_shard or position % slots == slot:

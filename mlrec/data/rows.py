@@ -26,6 +26,12 @@ EMPTY_ID = "empty news id"
 BAD_NEWS_ID = "bad news id"
 NO_CLICK = "no clicked candidate"
 DUPLICATE_IMPRESSION = "duplicate impression id"
+# tables (mlrec.data.table_corpus)
+EMPTY_LANGUAGE = "empty or bad language"
+EMPTY_USER = "empty user id"
+BAD_TIME = "missing time"
+AMBIGUOUS_ITEM = "item in several languages"
+NO_NEGATIVE = "no item to draw negatives from"
 
 POLICIES = ("strict", "skip")
 _WARN_FIRST = 5  # rejected rows logged one by one per file before only counting

@@ -20,6 +20,8 @@ file, what the manifest expects, what was found and how to write the file again.
 
 from __future__ import annotations
 
+import hashlib
+import io as bytes_io
 import json
 import tarfile
 from collections import deque
@@ -31,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mlrec import io
+from mlrec.data import remote
 from mlrec.data.layout import (
     ITEM_TOKENS,
     ITEMS_RECORD,
@@ -78,21 +81,48 @@ def _items_fix(shards_dir: Path) -> str:
 
 
 def _shard_error(shard: ShardFile, problem: str) -> ShardError:
+    if shard.url:  # the tars are written where the manifest is: the mirror is not the fix
+        fix = f"write the shards again with `mlrec shard --out {shard.url.rsplit('/', 1)[0]}`"
+        return ShardError(f"{shard.url}: {problem}; {fix}")
     return ShardError(f"{shard.path}: {problem}; {_unit_fix(shard)}")
+
+
+def _size(shard: ShardFile) -> int:
+    return remote.size(shard.url) if shard.url else shard.path.stat().st_size
+
+
+def _open(shard: ShardFile) -> Any:
+    """The tar's bytes as a file: a remote one fetched whole (retried as a whole)."""
+    if shard.url:
+        data = remote.fetch(shard.url)
+        if len(data) != shard.bytes:  # the size check may have read a listing made earlier
+            raise _shard_error(shard, _size_problem(len(data), shard))
+        return bytes_io.BytesIO(data)
+    return open(shard.path, "rb")  # noqa: SIM115 - closed by the caller's with
+
+
+def _size_problem(found: int, shard: ShardFile) -> str:
+    return f"{found} bytes, but the manifest records {shard.bytes} (truncated or replaced?)"
+
+
+def read_ahead(shard: ShardFile) -> None:
+    """Start fetching a remote shard that is read next (nothing for a local one)."""
+    if shard.url:
+        remote.prefetch(shard.url)
 
 
 def check_size(shard: ShardFile) -> None:
     """The cheap check before a read: the file is there, with the recorded size."""
     try:
-        found = shard.path.stat().st_size
+        found = _size(shard)
+    except remote.RemoteError as err:
+        raise _shard_error(shard, str(err).removeprefix(f"{shard.url}: ")) from None
     except FileNotFoundError:
         raise _shard_error(
             shard, f"missing (the manifest lists it: {shard.samples} samples, {shard.bytes} bytes)"
         ) from None
     if found != shard.bytes:
-        raise _shard_error(
-            shard, f"{found} bytes, but the manifest records {shard.bytes} (truncated or replaced?)"
-        )
+        raise _shard_error(shard, _size_problem(found, shard))
 
 
 def check_count(shard: ShardFile, found: int) -> None:
@@ -103,7 +133,11 @@ def check_count(shard: ShardFile, found: int) -> None:
 
 def check_sha256(shard: ShardFile) -> None:
     """The full check: every byte as written (the file must exist: check_size first)."""
-    found = io.sha256(shard.path)
+    if shard.url:
+        with _open(shard) as handle:
+            found = hashlib.sha256(handle.read()).hexdigest()
+    else:
+        found = io.sha256(shard.path)
     if found != shard.sha256:
         raise _shard_error(
             shard,
@@ -122,7 +156,13 @@ def _samples(shard: ShardFile) -> Iterator[dict[str, Any]]:
     """The tar's members as impression samples (one JSON member each), in order; a tar or a
     member that cannot be read is a ShardError, not a tarfile or json traceback."""
     try:
-        with open(shard.path, "rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
+        handle = _open(shard)
+    except FileNotFoundError:
+        raise _shard_error(shard, "missing (it was there a moment ago)") from None
+    except remote.RemoteError as err:
+        raise _shard_error(shard, str(err).removeprefix(f"{shard.url}: ")) from None
+    try:
+        with handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for member in tar:
                 if member.isfile():
                     payload = tar.extractfile(member).read()  # type: ignore[union-attr]
