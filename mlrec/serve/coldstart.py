@@ -4,7 +4,9 @@
 the run's training impressions with its click count. The count is the popularity baseline's
 (mlrec.evaluation.baselines.Popularity): clicks per news id, so N123@de and N123@en share it and
 a language filter ranks that language's versions of the most read stories. Items never clicked
-are absent; a language with no clicked item falls back to serve.cold_items.
+are absent; a language with no clicked item falls back to serve.cold_items. Without a language
+filter each story comes once, in its first catalog version: three translations of one story are
+one recommendation, not three.
 """
 
 from __future__ import annotations
@@ -51,9 +53,13 @@ def write_popularity(export_dir: str | Path, shards_dir: Path, default_language:
 class Popular:
     """Catalog rows by training clicks, most clicked first (ties: catalog order)."""
 
-    def __init__(self, rows: np.ndarray, clicks: np.ndarray, languages: np.ndarray) -> None:
+    def __init__(self, rows: np.ndarray, clicks: np.ndarray, catalog: Catalog) -> None:
         order = np.lexsort((rows, -clicks))
-        self.rows, self.clicks, self.languages = rows[order], clicks[order], languages[rows[order]]
+        self.rows, self.clicks = rows[order], clicks[order]
+        self.languages = catalog.languages[self.rows]
+        news = [catalog.ids[r].rpartition("@")[0] for r in self.rows]
+        self.first_version = np.zeros(len(self.rows), dtype=bool)
+        self.first_version[np.unique(news, return_index=True)[1]] = True
 
     @classmethod
     def load(cls, export_dir: str | Path, catalog: Catalog) -> Popular | None:
@@ -72,12 +78,15 @@ class Popular:
             )  # fmt: skip
         rows = np.asarray([catalog.row_of[k] for k in known], dtype=np.int64)
         clicks = np.asarray(list(known.values()), dtype=np.int64)
-        return cls(rows, clicks, catalog.languages)
+        return cls(rows, clicks, catalog)
 
     def top(self, k: int, languages: list[str] | None, dead: np.ndarray) -> tuple[list, list]:
-        """The k most clicked live rows in these languages (None: all), with their clicks."""
+        """The k most clicked live rows in these languages (None: all, each story once), with
+        their clicks."""
         keep = ~dead[self.rows]
         if languages is not None:
             keep &= np.isin(self.languages, languages)
+        else:
+            keep &= self.first_version
         picked = np.flatnonzero(keep)[:k]
         return self.rows[picked].tolist(), self.clicks[picked].tolist()
