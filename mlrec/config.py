@@ -196,8 +196,8 @@ class IndexConfig:
     hnsw_ef_construction: int = 40  # build-time beam: more, a better graph, a slower build
     ivf_lists: int = 0  # inverted lists; 0: about 4 * sqrt(items)
     pq_m: int = 0  # PQ sub-quantizers (must divide the dim); 0: dim / 4 (4 dims per code byte)
-    # candidates fetched per result before the exact rerank on the full vectors: more, better
-    # recall, slower search
+    # ivfpq: candidates fetched per result, then scored exactly on the full vectors: more,
+    # better recall, slower search
     rerank: int = 10
 
 

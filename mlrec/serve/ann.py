@@ -10,9 +10,9 @@ exactly those vectors; otherwise it builds them at start and logs why, as it emb
 whose vectors are stale. A FAISS label is a position within its index; the catalog row is
 recovered from the languages column, which the vectors file already ties to the catalog.
 
-Every search reranks: the index proposes `rerank` x k candidates and their scores are computed
-exactly from the full vectors, so an answer's scores are those of exact search, and IVF-PQ's
-compressed codes only decide which items are looked at.
+Every answer's scores are exact dot products with the full vectors: IVF-PQ proposes `rerank` x k
+candidates by its compressed codes and they are scored again exactly, so the codes only decide
+which items are looked at; HNSW and flat indexes hold the full vectors and propose k.
 """
 
 from __future__ import annotations
@@ -229,7 +229,9 @@ def top(
     """Rows and exact scores of the k best items of index `key` for `user`, best first, leaving
     out rows where `skip` (bool, per catalog row) is set. When skipped rows eat into the
     candidates, the index is asked again for four times as many, up to all of its items."""
-    fetch = k * indexes.params["rerank"]
+    # IVF-PQ ranks by compressed codes, so it proposes more than k; a graph or flat index
+    # already holds the full vectors and ranks them exactly
+    fetch = k * indexes.params["rerank"] if indexes.kind == "ivfpq" else k
     size = indexes.indexes[key].ntotal
     while True:
         rows = indexes.candidates(user, key, fetch, nprobe, ef)

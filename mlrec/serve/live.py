@@ -95,6 +95,11 @@ class Snapshot:
             alive &= np.isin(self.delta_languages[:count], languages)
         return self.base_rows + np.flatnonzero(alive)
 
+    def category_of(self, row: int) -> str:
+        if row < self.base_rows:
+            return self.base.categories[row]
+        return self.categories.get(row, "")
+
     def language_of(self, row: int) -> str:
         nb = self.base_rows
         return str(self.base.languages[row] if row < nb else self.delta_languages[row - nb])

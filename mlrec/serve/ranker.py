@@ -174,8 +174,8 @@ class Ranker:
         out = []
         for r, s in zip(rows, scores, strict=True):
             item = {"id": snap.id(int(r)), "score": float(s)}
-            if int(r) in snap.categories:
-                item["category"] = snap.categories[int(r)]
+            if category := snap.category_of(int(r)):
+                item["category"] = category
             out.append(item)
         return out
 
