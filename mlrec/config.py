@@ -195,7 +195,7 @@ class IndexConfig:
     hnsw_m: int = 32  # graph neighbours per node: more, better recall, more memory and build time
     hnsw_ef_construction: int = 40  # build-time beam: more, a better graph, a slower build
     ivf_lists: int = 0  # inverted lists; 0: about 4 * sqrt(items)
-    pq_m: int = 0  # PQ sub-quantizers (must divide the dim); 0: dim / 4 (4 dims per code byte)
+    pq_m: int = 0  # PQ sub-quantizers of 4 bits (must divide the dim); 0: dim / 4
     # ivfpq: candidates fetched per result, then scored exactly on the full vectors: more,
     # better recall, slower search
     rerank: int = 10
