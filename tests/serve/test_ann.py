@@ -219,3 +219,16 @@ def test_topk_searches_the_index_too(service, exact):
     got = service.post("/topk", json={"history": history, "k": 6, "language": "en", "ef": 100})
     assert got.status_code == 200, got.text
     assert _ids(got.json()["items"]) == _ids(exact.top_k(history, 6, True, "en"))
+
+
+def test_the_openapi_document_describes_the_new_endpoints(indexed):
+    from mlrec.serve.app import create_app
+
+    schema = create_app(Ranker(indexed, config(indexed, "serve.docs=true"))).openapi()
+    assert {"/recommend", "/items", "/topk"} <= set(schema["paths"])
+    assert set(schema["paths"]["/items"]) == {"post", "delete"}
+    user = schema["components"]["schemas"]["RecommendUser"]["properties"]
+    assert {"history", "texts", "k", "languages", "exclude_history", "nprobe", "ef"} == set(user)
+    assert "latest clicks" in user["texts"]["description"]
+    answer = schema["components"]["schemas"]["Recommendation"]["properties"]["source"]
+    assert "popularity" in answer["description"]
