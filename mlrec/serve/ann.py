@@ -217,6 +217,12 @@ class Indexes:
         return self.labels[key][labels]
 
 
+def one_thread_per_search() -> None:
+    """FAISS runs one search on all cores (OpenMP); a service already runs one request per
+    thread, and a team of threads per request only makes them wait for each other's cores."""
+    _faiss().omp_set_num_threads(1)
+
+
 def top(
     indexes: Indexes,
     vectors: np.ndarray,

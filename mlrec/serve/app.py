@@ -236,5 +236,9 @@ def serve(export_dir, cfg) -> None:
     import uvicorn
 
     ranker = Ranker(export_dir, cfg)
+    if ranker.indexes is not None:
+        from mlrec.serve.ann import one_thread_per_search
+
+        one_thread_per_search()
     log.info("serving %s on http://%s:%d", export_dir, cfg.serve.host, cfg.serve.port)
     uvicorn.run(create_app(ranker), host=cfg.serve.host, port=cfg.serve.port, log_level="warning")
