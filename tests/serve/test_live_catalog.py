@@ -106,49 +106,63 @@ def test_bad_item_changes_are_refused_and_change_nothing(export, tmp_path):
 
 
 def _writer(base_url: str, prefix: str, acked: list, stop: threading.Event) -> None:
+    """Adds items two per request until stopped or the server is gone."""
     with httpx.Client(base_url=base_url, timeout=30) as client:
         n = 0
         while not stop.is_set():
-            item = {"id": f"{prefix}{n}", "language": "en", "text": f"story number {n} {prefix}"}
+            ids = [f"{prefix}{n}a", f"{prefix}{n}b"]
+            items = [{"id": i, "language": "en", "text": f"story {i}"} for i in ids]
             try:
-                got = client.post("/items", json={"items": [item]})
+                got = client.post("/items", json={"items": items})
             except httpx.TransportError:
-                return  # the server is gone
+                return
             if got.status_code == 200:
-                acked.append(f"{prefix}{n}@en")
+                acked.extend(f"{i}@en" for i in ids)
             n += 1
+
+
+def _reader(base_url: str, seen: list, stop: threading.Event) -> None:
+    """Counts the catalog while the writers change it."""
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        while not stop.is_set():
+            try:
+                seen.append(client.get("/health").json()["items"])
+            except httpx.TransportError:
+                return
 
 
 def test_a_server_killed_mid_update_restarts_with_a_consistent_catalog(export, tmp_path):
     updates = export / "catalog" / UPDATES_FILE
     acked: list[str] = []
+    seen: list[int] = []
     stop = threading.Event()
     with running_service(export, tmp_path / "serve.log", LIVE) as client:
         base_items = client.get("/health").json()["items"]
-        writers = [
-            threading.Thread(target=_writer, args=(str(client.base_url), p, acked, stop))
-            for p in ("A", "B")
-        ]
-        for w in writers:
-            w.start()
+        url = str(client.base_url)
+        threads = [threading.Thread(target=_writer, args=(url, p, acked, stop)) for p in "AB"]
+        threads.append(threading.Thread(target=_reader, args=(url, seen, stop)))
+        for t in threads:
+            t.start()
         deadline = time.monotonic() + 60
-        while len(acked) < 20 and time.monotonic() < deadline:
+        while len(acked) < 40 and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(client.server_pid, signal.SIGKILL)  # while both writers are still posting
         stop.set()
-        for w in writers:
-            w.join()
-    assert len(acked) >= 20
+        for t in threads:
+            t.join()
+    assert len(acked) >= 40
+    # both items of a request appear together: readers never saw half of one
+    assert len(seen) > 10 and all((n - base_items) % 2 == 0 for n in seen), seen
     # What a kill during a write leaves: a line without its newline (appended here, since the
     # kill above lands between writes or inside one only by chance).
     with open(updates, "ab") as handle:
         handle.write(b'{"op":"put","items":[{"id":"TORN@en","language":"e')
     lines = updates.read_bytes().count(b"\n")
-    assert lines >= len(acked)  # every acknowledged change was on disk before its answer
+    assert 2 * lines >= len(acked)  # every acknowledged change was on disk before its answer
     log = tmp_path / "restart.log"
     with running_service(export, log, LIVE) as client:
         assert "dropped a torn last line" in log.read_text()
-        assert client.get("/health").json()["items"] == base_items + lines
+        assert client.get("/health").json()["items"] == base_items + 2 * lines
         known = client.post("/rank", json={"history": acked[:1], "candidates": acked})
         assert known.status_code == 200, known.text  # every acknowledged item is there
         torn = client.post("/rank", json={"history": acked[:1], "candidates": ["TORN@en"]})
@@ -158,7 +172,7 @@ def test_a_server_killed_mid_update_restarts_with_a_consistent_catalog(export, t
         assert client.post("/items", json=more).status_code == 200
     assert updates.read_bytes().endswith(b"\n")
     with running_service(export, tmp_path / "third.log") as client:
-        assert client.get("/health").json()["items"] == base_items + lines + 1
+        assert client.get("/health").json()["items"] == base_items + 2 * lines + 1
 
 
 def test_a_damaged_update_log_stops_the_service_naming_the_line(export):
