@@ -83,9 +83,7 @@ class Ranker:
         # memory and latency.
         self.model_calls = threading.BoundedSemaphore(cfg.serve.max_concurrent)
         self.indexes = ann.load_or_build(export_dir, cfg, self.catalog, self.vectors_source)
-        self.base_languages = {
-            str(lang): self.catalog.languages == lang for lang in set(self.catalog.languages)
-        }
+        self.base_languages = set(self.catalog.languages.tolist())
         # the vectors' identity: a logged vector is reused only under the encoder that made it
         encoder = io.fingerprint([cfg.serve.backend, sources(export_dir, cfg.serve.backend)])
         self.live = LiveCatalog(
@@ -145,9 +143,7 @@ class Ranker:
             return None
         if not languages:
             raise RequestError(422, f"{name} is empty: leave it out for every language")
-        known = set(self.base_languages) | set(
-            snap.delta_languages[: snap.size - len(self.catalog)].tolist()
-        )
+        known = self.base_languages | set(snap.delta_languages.tolist())
         unknown = [lang for lang in languages if lang not in known]
         if unknown:
             raise RequestError(
