@@ -306,7 +306,8 @@ def build_index(kind: str, vectors: np.ndarray, languages: np.ndarray, folder: P
     faiss.write_index(index, str(path))
     size = path.stat().st_size / 2**20
     path.unlink()
-    figures = {"params": params, "build_s": seconds, "rss_growth_mb": grown, "file_mb": size}
+    # a copy: the sweep sets the rerank of each of its points on the live parameters
+    figures = {"params": dict(params), "build_s": seconds, "rss_growth_mb": grown, "file_mb": size}
     print(kind, json.dumps(figures), flush=True)
     return ann.Indexes(params, {ann.ALL: index}, languages), figures
 
