@@ -312,10 +312,13 @@ def build_index(kind: str, vectors: np.ndarray, languages: np.ndarray, folder: P
     return ann.Indexes(params, {ann.ALL: index}, languages), figures
 
 
-HNSW_POINTS = [{"ef": ef} for ef in (16, 32, 64, 128, 256)]
+# At 1M items (M 32, ef_construction 40) HNSW reached recall@10 0.92 at ef 256, and IVF-PQ's
+# recall did not move with nprobe beyond 16 but with the rerank depth (0.53 at 10, 0.83 at 30):
+# the sweeps go on to where both pass 0.95.
+HNSW_POINTS = [{"ef": ef} for ef in (32, 64, 128, 256, 512, 1024)]
 IVFPQ_POINTS = [
     {"nprobe": nprobe, "rerank": rerank}
-    for nprobe, rerank in ((8, 10), (16, 10), (32, 10), (64, 10), (32, 30), (64, 30), (128, 30))
+    for nprobe, rerank in ((16, 10), (16, 30), (16, 100), (32, 100), (32, 300), (64, 300))
 ]
 
 
@@ -329,9 +332,10 @@ def catalog_scale(items: int, queries: int, folder: Path) -> tuple[dict, dict]:
     languages = np.asarray(LANGUAGES)[rng.integers(0, len(LANGUAGES), items)]
     exact = exact_search(vectors, users)
     figures: dict = {"vectors": f"{items} x {DIM} random, {CLUSTERS} Gaussian clusters"}
-    candidates = []
+    candidates, indexes_of = [], {}
     for kind, points in (("hnsw", HNSW_POINTS), ("ivfpq", IVFPQ_POINTS)):
         indexes, built = build_index(kind, vectors, languages, folder)
+        indexes_of[kind] = indexes
         built["points"] = sweep(indexes, vectors, users, exact["truth"], points)
         figures[kind] = built
         candidates += [(p, kind, indexes) for p in built["points"] if p["recall@10"] >= 0.95]
@@ -340,14 +344,16 @@ def catalog_scale(items: int, queries: int, folder: Path) -> tuple[dict, dict]:
     batched = float(np.median([exact["batched_queries_per_s"], again["batched_queries_per_s"]]))
     figures["exact"] = {"queries_per_s": exact_qps, "batched_queries_per_s": batched}
     best = max(candidates, key=lambda c: c[0]["queries_per_s"], default=None)
-    if best is not None:
-        point, kind, indexes = best
-        figures["best"] = {"kind": kind, **point}
+    if best is None:  # no setting met the goal: ann_* stay null; serve the most accurate one
+        every = [(p, k, i) for k, i in indexes_of.items() for p in figures[k]["points"]]
+        best = max(every, key=lambda c: c[0]["recall@10"])
+    point, kind, indexes = best
+    figures["best"] = {"kind": kind, **point, "meets_recall_0.95": point["recall@10"] >= 0.95}
+    if point["recall@10"] >= 0.95:
         figures["ann_speedup"] = point["queries_per_s"] / exact_qps
         figures["ann_speedup_vs_batched_exact"] = point["queries_per_s"] / batched
         figures["ann_recall@10"] = point["recall@10"]
-    chosen = {"vectors": vectors, "languages": languages, "best": best}
-    return figures, chosen
+    return figures, {"vectors": vectors, "languages": languages, "best": best}
 
 
 def catalog_export(export: Path, chosen: dict, backend: str) -> list[str]:
@@ -426,8 +432,6 @@ def main() -> None:
         scale, chosen = catalog_scale(items, 200 if args.quick else 300, Path(tmp))
         # the student's export (256-d, as the random vectors): the quick run's export already is
         small = export if args.quick else build(Path(tmp) / "small", True)
-        if chosen["best"] is None:
-            raise SystemExit("no index setting reached recall@10 >= 0.95: nothing to serve")
         overrides = catalog_export(small, chosen, "onnx-int8")
         del chosen
         recommend = recommend_load(small, overrides + args.overrides, seconds, items)
