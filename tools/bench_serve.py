@@ -360,6 +360,7 @@ def catalog_export(export: Path, chosen: dict, backend: str) -> list[str]:
     """Swap the random catalog into `export` as `mlrec export` would leave it: index.tsv,
     (dummy) tokens, the vectors with their metadata, and the chosen index per language and for
     all. Returns the serve.* overrides that select it."""
+    from mlrec.config import load_config
     from mlrec.serve import ann
     from mlrec.serve.vectors import save_vectors
 
@@ -370,9 +371,11 @@ def catalog_export(export: Path, chosen: dict, backend: str) -> list[str]:
     (catalog / "index.tsv").write_text("".join(lines), encoding="utf-8")
     np.save(catalog / "tokens.npy", np.zeros((len(vectors), 2), dtype=np.int32))
     vectors_file = save_vectors(export, backend, vectors)
+    cfg = load_config(None, [f"export.index.kind={kind}"]).export.index
     built = dict(indexes.indexes)
-    for lang in LANGUAGES:
-        built[lang] = ann.build(vectors[languages == lang], indexes.params)
+    for lang in LANGUAGES:  # each with the parameters `mlrec export` gives its size
+        rows = vectors[languages == lang]
+        built[lang] = ann.build(rows, ann.resolved_params(cfg, *rows.shape))
     indexes.params["rerank"] = point.get("rerank", 1)
     ann.Indexes(indexes.params, built, languages).save(ann.index_dir(export, backend), vectors_file)
     overrides = [f"export.index.kind={kind}", f"export.index.rerank={indexes.params['rerank']}"]
