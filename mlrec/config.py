@@ -261,6 +261,24 @@ class EvalConfig:
 
 
 @dataclass(kw_only=True)
+class IndexConfig:
+    """The approximate nearest-neighbour index `mlrec export` builds over the catalog vectors
+    (FAISS, `pip install 'mlrec[ann]'`), one for all languages and one per language."""
+
+    # none: the service searches exactly (numpy); flat: exact FAISS; hnsw: a graph, fast and
+    # memory-hungry (vectors + graph); ivfpq: inverted lists of compressed codes, smaller, needs
+    # a rerank to reach high recall
+    kind: str = "none"
+    hnsw_m: int = 32  # graph neighbours per node: more, better recall, more memory and build time
+    hnsw_ef_construction: int = 40  # build-time beam: more, a better graph, a slower build
+    ivf_lists: int = 0  # inverted lists; 0: about 4 * sqrt(items)
+    pq_m: int = 0  # PQ sub-quantizers of 4 bits (must divide the dim); 0: dim / 4
+    # ivfpq: candidates fetched per result, then scored exactly on the full vectors: more,
+    # better recall, slower search
+    rerank: int = 10
+
+
+@dataclass(kw_only=True)
 class ExportConfig:
     """What `mlrec export` writes."""
 
@@ -271,6 +289,10 @@ class ExportConfig:
     # catalog/vectors.<serve.backend>.npy (torch without export.onnx): the catalog embedded once,
     # so `mlrec serve` loads it instead of embedding the whole catalog at every start
     catalog_vectors: bool = True
+    index: IndexConfig = field(default_factory=IndexConfig)
+    # catalog/popularity.json: per language, the items by training clicks, for users without
+    # history (mlrec serve's cold start)
+    popularity: bool = True
 
 
 @dataclass(kw_only=True)
@@ -291,6 +313,16 @@ class ServeConfig:
     # "": load catalog/vectors.<backend>.npy if it matches the export, else embed at start;
     # a path: load that file, and stop with an error if it is missing or does not match
     catalog_vectors: str = ""
+    nprobe: int = 16  # ivfpq: inverted lists searched by default; more, better recall, slower
+    max_nprobe: int = 256  # the largest nprobe a request may ask for
+    ef_search: int = 64  # hnsw: search beam by default; more, better recall, slower
+    max_ef_search: int = 1024  # the largest ef a request may ask for
+    # POST/DELETE /items change the catalog while serving, logged in catalog/updates.jsonl
+    # (replayed at every start whatever this says); off: the catalog is read-only over HTTP
+    live_updates: bool = False
+    # ids served, in order, to a user without history when the export holds no popularity
+    # for the languages asked (catalog/popularity.json); []: such a request is a 422
+    cold_items: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -410,6 +442,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.schedule": ("cosine", "linear", "constant"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "serve.backend": ("torch", "onnx", "onnx-int8"),
+    "export.index.kind": ("none", "flat", "hnsw", "ivfpq"),
     "data.debian.negatives": ("other-sections", "same-section"),
     "data.item_features.map": ("none", "procrustes", "linear"),
     "model.item_tower": ("text", "teacher", "fused"),
@@ -473,6 +506,15 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "serve.max_request_items": _POSITIVE,
     "serve.max_concurrent": _POSITIVE,
     "serve.max_in_flight": _POSITIVE,
+    "serve.nprobe": _POSITIVE,
+    "serve.max_nprobe": _POSITIVE,
+    "serve.ef_search": _POSITIVE,
+    "serve.max_ef_search": _POSITIVE,
+    "export.index.hnsw_m": (lambda v: v >= 2, "must be >= 2"),
+    "export.index.hnsw_ef_construction": _POSITIVE,
+    "export.index.ivf_lists": _NON_NEGATIVE,
+    "export.index.pq_m": _NON_NEGATIVE,
+    "export.index.rerank": (lambda v: v >= 1, "must be >= 1"),
     "align.teacher_max_tokens": (lambda v: v >= 4, "must be >= 4"),
     "align.min_words": _NON_NEGATIVE,
     "align.max_pairs_per_language": _NON_NEGATIVE,
@@ -516,6 +558,7 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
     _validate_align(cfg, fail)
     _validate_distill(cfg, fail)
     _validate_eval(cfg, fail)
+    _validate_serve(cfg, fail)
     if not check_files:
         return
     _validate_data_files(cfg, fail)
@@ -627,6 +670,22 @@ def _validate_align(cfg: Config, fail: _Fail) -> None:
         )
     if cfg.align.warmup_steps > cfg.align.steps:
         fail("align.warmup_steps", f"must not exceed align.steps ({cfg.align.steps})")
+
+
+def _validate_serve(cfg: Config, fail: _Fail) -> None:
+    if cfg.serve.nprobe > cfg.serve.max_nprobe:
+        fail("serve.nprobe", f"must not exceed serve.max_nprobe ({cfg.serve.max_nprobe})")
+    if cfg.serve.ef_search > cfg.serve.max_ef_search:
+        fail("serve.ef_search", f"must not exceed serve.max_ef_search ({cfg.serve.max_ef_search})")
+    if cfg.export.index.kind != "none":
+        try:
+            import faiss  # noqa: F401
+        except ImportError:
+            # said before any work starts, not after an export's ONNX models are written
+            fail(
+                "export.index.kind",
+                f"{cfg.export.index.kind!r} needs FAISS: pip install 'mlrec[ann]'",
+            )
 
 
 def _validate_eval(cfg: Config, fail: _Fail) -> None:

@@ -8,6 +8,7 @@ wrote.
 from __future__ import annotations
 
 import logging
+import shutil
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -371,7 +372,8 @@ def evaluate(
 
 def export(cfg: Config) -> Path:
     """Hugging Face export, then (export.onnx) ONNX fp32/int8 models and their parity check,
-    then (export.catalog_vectors) the catalog's item vectors for `mlrec serve`."""
+    then (export.catalog_vectors) the catalog's item vectors for `mlrec serve`, their ANN index
+    (export.index) and the popularity of the catalog's items for cold users (export.popularity)."""
     from mlrec.export.hf import export_model
 
     if cfg.model.item_tower != "text":
@@ -384,6 +386,8 @@ def export(cfg: Config) -> Path:
     if cfg.export.triton and not cfg.export.onnx:
         raise ConfigError("export.triton needs export.onnx: Triton serves the ONNX models")
     remote_shards(cfg)
+    if cfg.export.index.kind != "none" and not cfg.export.catalog_vectors:
+        raise ConfigError("export.index needs export.catalog_vectors: it indexes those vectors")
     model, tokenizer = trained_model(cfg)
     final = cfg.export_dir
     # written beside export.dir and put in its place only when complete and checked: a crash,
@@ -404,9 +408,31 @@ def export(cfg: Config) -> Path:
             from mlrec.serve.vectors import write_catalog_vectors
 
             # the backend `mlrec serve` runs with this config; without ONNX only torch can
-            write_catalog_vectors(out, cfg, cfg.serve.backend if cfg.export.onnx else "torch")
+            backend = cfg.serve.backend if cfg.export.onnx else "torch"
+            vectors = write_catalog_vectors(out, cfg, backend)
+            if cfg.export.index.kind != "none":
+                from mlrec.serve.ann import export_index
+
+                export_index(out, cfg, backend, vectors)
+        _carry_updates(final, out)
+        if cfg.export.popularity:
+            from mlrec.serve.coldstart import write_popularity
+
+            write_popularity(out, cfg.shards_dir, cfg.data.default_language)
     log.info("exported to %s (transformers.AutoModel.from_pretrained loads it)", final)
     return final
+
+
+def _carry_updates(old: Path, new: Path) -> None:
+    """Items added to the earlier export over HTTP stay in the catalog: its update log moves to
+    the new export, whose service encodes their texts again with the new encoder."""
+    from mlrec.export.hf import CATALOG_DIR
+    from mlrec.serve.live import UPDATES_FILE
+
+    log_file = old / CATALOG_DIR / UPDATES_FILE
+    if log_file.is_file():
+        shutil.copyfile(log_file, new / CATALOG_DIR / UPDATES_FILE)
+        log.info("carried %s (catalog changes made while serving) into the new export", log_file)
 
 
 def export_onnx_checked(cfg: Config, out: Path) -> None:

@@ -5,6 +5,14 @@
   POST /topk    {"history": [ids], "k": 10, "exclude_history": true,
                  "language": null}                                    -> {"items": [{id, score}]}
   POST /embed   {"texts": [str]}                                      -> {"dim", "vectors"}
+  POST /recommend {"users": [{"history": [ids], "texts": [str], "k": 10, "languages": null,
+                   "exclude_history": true, "nprobe": null, "ef": null}]}
+                                          -> {"results": [{"source", "items": [{id, score}]}]}
+  POST /items   {"items": [{"id", "language", "text", "category"}]}   -> {"ids", "items"}
+  DELETE /items {"ids": [ids]}                                        -> {"ids", "items"}
+
+/topk and /recommend search the catalog's ANN index (export.index) or, without one, exactly.
+/items changes the catalog while serving (serve.live_updates; see mlrec.serve.live).
 
 Request bodies are validated strictly (wrong types and unknown fields are a 422, not a guess);
 see mlrec.serve.ranker for the checks on their content. Every answer is ASCII JSON, so no text
@@ -25,10 +33,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlrec.serve.limits import BodySizeLimit, InFlightLimit
-from mlrec.serve.ranker import Ranker, RequestError
+from mlrec.serve.ranker import Query, Ranker, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +96,69 @@ class TopKRequest(_Strict):
     k: int = 10
     exclude_history: bool = True
     language: str | None = None
+    nprobe: int | None = None
+    ef: int | None = None
 
 
 class EmbedRequest(_Strict):
     texts: list[str]
+
+
+class RecommendUser(_Strict):
+    history: list[str] = Field(
+        default_factory=list, description="clicked item ids, oldest first (N123@de)"
+    )
+    texts: list[str] = Field(
+        default_factory=list,
+        description="raw texts of clicked items in any language, read as the latest clicks",
+    )
+    k: int = Field(10, description="items to return, at most serve.max_request_items")
+    languages: list[str] | None = Field(None, description="only items in these languages")
+    exclude_history: bool = Field(True, description="leave the history's items out")
+    nprobe: int | None = Field(None, description="ivfpq lists to search (serve.max_nprobe)")
+    ef: int | None = Field(None, description="hnsw search beam (serve.max_ef_search)")
+
+
+class RecommendRequest(_Strict):
+    users: list[RecommendUser] = Field(description="one query per user; answered in order")
+
+
+class ItemScore(BaseModel):
+    id: str
+    score: float = Field(description="dot product with the user; training clicks when cold")
+    category: str | None = None
+
+
+class Recommendation(BaseModel):
+    source: str = Field(
+        description="history: the model; popularity: no history, most clicked in training "
+        "(then serve.cold_items); fallback: no history, serve.cold_items only"
+    )
+    items: list[ItemScore]
+
+
+class RecommendResponse(BaseModel):
+    results: list[Recommendation]
+
+
+class NewItemBody(_Strict):
+    id: str = Field(description="N123 or N123@de; a known id is replaced")
+    language: str
+    text: str = Field(description="encoded by the served item encoder")
+    category: str | None = None
+
+
+class PutItemsRequest(_Strict):
+    items: list[NewItemBody]
+
+
+class DeleteItemsRequest(_Strict):
+    ids: list[str]
+
+
+class ItemsResponse(BaseModel):
+    ids: list[str] = Field(description="the ids changed, as N123@de")
+    items: int = Field(description="items in the catalog now")
 
 
 def create_app(ranker: Ranker) -> FastAPI:
@@ -128,7 +195,7 @@ def create_app(ranker: Ranker) -> FastAPI:
         return {
             "status": "ok",
             "backend": ranker.cfg.serve.backend,
-            "items": len(ranker.catalog),
+            "items": ranker.live.snapshot.live_items,
             "dim": int(ranker.backend.dim),
         }
 
@@ -138,7 +205,23 @@ def create_app(ranker: Ranker) -> FastAPI:
 
     @app.post("/topk")
     def top_k(body: TopKRequest) -> dict:
-        return {"items": ranker.top_k(body.history, body.k, body.exclude_history, body.language)}
+        items = ranker.top_k(
+            body.history, body.k, body.exclude_history, body.language, body.nprobe, body.ef
+        )
+        return {"items": items}
+
+    @app.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+    def recommend(body: RecommendRequest) -> dict:
+        queries = [Query(**user.model_dump()) for user in body.users]
+        return {"results": ranker.recommend(queries)}
+
+    @app.post("/items", response_model=ItemsResponse)
+    def put_items(body: PutItemsRequest) -> dict:
+        return ranker.put_items([item.model_dump() for item in body.items])
+
+    @app.delete("/items", response_model=ItemsResponse)
+    def delete_items(body: DeleteItemsRequest) -> dict:
+        return ranker.delete_items(body.ids)
 
     @app.post("/embed")
     def embed(body: EmbedRequest) -> dict:
@@ -153,5 +236,9 @@ def serve(export_dir, cfg) -> None:
     import uvicorn
 
     ranker = Ranker(export_dir, cfg)
+    if ranker.indexes is not None:
+        from mlrec.serve.ann import one_thread_per_search
+
+        one_thread_per_search()
     log.info("serving %s on http://%s:%d", export_dir, cfg.serve.host, cfg.serve.port)
     uvicorn.run(create_app(ranker), host=cfg.serve.host, port=cfg.serve.port, log_level="warning")

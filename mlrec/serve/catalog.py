@@ -41,6 +41,7 @@ class Catalog:
             index = [line.rstrip("\n").split("\t") for line in handle]
         self.ids = [row[0] for row in index]
         self.languages = np.asarray([row[1] for row in index])
+        self.categories = [row[2] if len(row) > 2 else "" for row in index]
         self.row_of = {key: row for row, key in enumerate(self.ids)}
         self.default_language = default_language
         self.vectors = np.zeros((0, 0), dtype=np.float32)

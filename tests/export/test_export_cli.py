@@ -29,10 +29,16 @@ def trained_run(tmp_path_factory, tiny_shards) -> Path:
 
 
 def test_export_writes_checked_onnx_and_a_triton_repository(trained_run):
-    assert main(["export", str(trained_run), "export.triton=true"]) == 0
+    index = "export.index.kind=ivfpq"
+    assert main(["export", str(trained_run), "export.triton=true", index]) == 0
     export = trained_run / "export"
     report = json.loads((export / "onnx" / "parity.json").read_text())
     assert report["passed"] and report["held_out"]["impressions"] == 200
+    # the ANN index over the catalog vectors, with its recall against exact search
+    assert report["index"]["kind"] == "ivfpq" and report["index"]["users"] == 200
+    assert 0 < report["index"]["recall@10"] <= 1 and 0 < report["index"]["recall@100"] <= 1
+    assert (export / "catalog" / "ann" / "onnx" / "all.faiss").is_file()
+    assert json.loads((export / "catalog" / "popularity.json").read_text())["clicks"]
     assert "| **overall** | 200 |" in (export / "README.md").read_text()  # the run's metrics
     # the catalog, embedded once by the backend `mlrec serve` will run (serve.backend)
     vectors = np.load(export / "catalog" / "vectors.onnx.npy", allow_pickle=False)
