@@ -1,9 +1,10 @@
 """The recommender: an item encoder over news text, a user encoder over clicks, dot-product scores.
 
 Item encoder: any Hugging Face encoder (AutoModel) with CLS or mean pooling and an optional linear
-projection. User encoder: NRMS-style multi-head self-attention over the clicked items followed by
-additive attention (Wu et al., 2019), or a plain mean as a baseline. A candidate's score is the dot
-product of its item vector with the user vector.
+projection, or a decoder-only LLM with last-token or mean pooling (mlrec.models.decoders). User
+encoder: NRMS-style multi-head self-attention over the clicked items followed by additive
+attention (Wu et al., 2019), or a plain mean as a baseline. A candidate's score is the dot product
+of its item vector with the user vector.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import contextlib
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel, XLMRobertaConfig
+from transformers import AutoConfig, AutoModel, PreTrainedModel, XLMRobertaConfig
 
 from mlrec.config import ModelConfig
 from mlrec.hub import from_pretrained
+from mlrec.models import decoders
 from mlrec.models.attention import use_mlrec_attention
 from mlrec.models.length_groups import length_groups
 from mlrec.models.packed_encoder import packable, packed_hidden_states
@@ -24,7 +26,9 @@ from mlrec.models.packed_encoder import packable, packed_hidden_states
 def build_backbone(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
     """Load `cfg.name_or_path` (hub id or folder), or build a random XLM-R of the set size."""
     if cfg.name_or_path:
-        return load_backbone(cfg.name_or_path, cfg.trust_remote_code)
+        return load_backbone(cfg.name_or_path, cfg.trust_remote_code, decoders.weights_dtype(cfg))
+    if cfg.architecture != "xlm-roberta":
+        return use_mlrec_attention(decoders.random_decoder(cfg, vocab_size, pad_token_id))
     config = XLMRobertaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -62,15 +66,29 @@ def _gathered(params: list[torch.nn.Parameter]):
     return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
-def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+def load_backbone(
+    name_or_path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
     """A pretrained encoder from the hub or a folder, without the pooler mlrec does not use, and
-    with mlrec's attention (`mlrec.models.attention`)."""
+    with mlrec's attention (`mlrec.models.attention`); decoders load with SDPA attention."""
+    config = from_pretrained(AutoConfig, name_or_path, "model", trust_remote_code)
+    if decoders.is_decoder(config):
+        backbone = from_pretrained(
+            AutoModel,
+            name_or_path,
+            "model",
+            trust_remote_code,
+            dtype=dtype,
+            attn_implementation=decoders.attention_implementation(config),
+        )
+        return use_mlrec_attention(backbone)
+    extra = {} if dtype == torch.float32 else {"dtype": dtype}
     try:  # BERT-family poolers go unused, and DDP rejects parameters without gradients
         backbone = from_pretrained(
-            AutoModel, name_or_path, "model", trust_remote_code, add_pooling_layer=False
+            AutoModel, name_or_path, "model", trust_remote_code, add_pooling_layer=False, **extra
         )
     except TypeError:  # architectures without a pooler do not take the argument
-        backbone = from_pretrained(AutoModel, name_or_path, "model", trust_remote_code)
+        backbone = from_pretrained(AutoModel, name_or_path, "model", trust_remote_code, **extra)
     return use_mlrec_attention(backbone)
 
 
@@ -80,6 +98,9 @@ class ItemEncoder(nn.Module):
     With `length_buckets` > 0, the items are encoded in up to that many groups of similar length,
     each cut to its longest item (`mlrec.models.length_groups`): the same vectors, less padding.
     BERT-family encoders take all groups through each layer at once (`mlrec.models.packed_encoder`).
+    A decoder (`decoder` set) sees its rows right-aligned, with EOS appended where asked
+    (mlrec.models.decoders); while training with a frozen-layer cache (`layer_cache` set), only
+    its top layers run (mlrec.models.layer_cache).
     """
 
     def __init__(
@@ -88,6 +109,7 @@ class ItemEncoder(nn.Module):
         pooling: str,
         projection_dim: int,
         length_buckets: int = 0,
+        decoder: decoders.DecoderInputs | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -96,8 +118,16 @@ class ItemEncoder(nn.Module):
         self.projection = nn.Linear(width, projection_dim) if projection_dim else nn.Identity()
         self.dim = projection_dim or width
         self.length_buckets = length_buckets
+        self.decoder = decoder
+        self.layer_cache = None  # set by the trainer (mlrec.models.layer_cache.LayerCache)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.decoder is not None and len(input_ids):
+            input_ids, attention_mask = self.decoder.prepare(input_ids, attention_mask)
+            if self.layer_cache is not None and self.training:
+                return self.pool(
+                    *self.layer_cache.top_states(self.backbone, input_ids, attention_mask)
+                )
         # an exported graph (ONNX) takes one padded block: the grouping is data-dependent, and
         # so is a test of the batch size, which would fix that size in the graph
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
@@ -139,9 +169,13 @@ class ItemEncoder(nn.Module):
         """Last hidden states [items, tokens, hidden] -> item vectors."""
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "last":
+            pooled = decoders.last_token(hidden, attention_mask)
         else:
             weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        if self.decoder is not None:  # bf16 weights: the heads stay fp32
+            pooled = pooled.float()
         return self.projection(pooled)
 
 
@@ -244,11 +278,17 @@ class Recommender(nn.Module):
         return candidate_scores(users, items, candidates, in_batch)
 
 
-def build_recommender(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Recommender:
-    item_encoder = ItemEncoder(
-        build_backbone(cfg, vocab_size, pad_token_id),
+def item_encoder_for(backbone: PreTrainedModel, cfg: ModelConfig) -> ItemEncoder:
+    """The item encoder `cfg` describes around `backbone` (a decoder's inputs from its config)."""
+    return ItemEncoder(
+        backbone,
         cfg.pooling,
         cfg.projection_dim,
         cfg.length_buckets,
+        decoders.decoder_inputs(backbone, cfg),
     )
+
+
+def build_recommender(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Recommender:
+    item_encoder = item_encoder_for(build_backbone(cfg, vocab_size, pad_token_id), cfg)
     return Recommender(item_encoder, build_user_encoder(cfg, item_encoder.dim))

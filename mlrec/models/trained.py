@@ -78,7 +78,7 @@ def load_trained(
     """The recommender of `checkpoint` as `cfg` describes it, in eval mode on CPU."""
     model = build_recommender(cfg.model, vocab_size, pad_token_id)
     model.item_encoder.backbone = adapt_backbone(
-        model.item_encoder.backbone, cfg.adapter, cfg.train.steps
+        model.item_encoder.backbone, cfg.adapter, cfg.train.steps, cfg.model.layer_cache
     )
     state = {
         k: v for k, v in checkpoint_weights(checkpoint).items() if not k.startswith(TRAINING_ONLY)
