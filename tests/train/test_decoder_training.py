@@ -8,6 +8,8 @@ on the tiny corpus: the loss falls, the LoRA weights move, and the Hugging Face 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -94,3 +96,37 @@ def test_decoder_family_trains_and_exports_exactly(tmp_path, tiny_shards, family
     assert exported.item_encoder.decoder == model.item_encoder.decoder
     with torch.no_grad():
         torch.testing.assert_close(exported(*args), trained, rtol=1e-4, atol=1e-4)
+
+
+def test_training_on_the_layer_cache_trains_the_top_layers_only(tmp_path, tiny_shards):
+    from mlrec.models.layer_cache import CACHE_DIR
+    from mlrec.train.trainer import Trainer
+
+    shards = tmp_path / "shards"  # the cache is written beside the shards: a copy of its own
+    shutil.copytree(tiny_shards, shards)
+    overrides = [
+        f"data.shards_dir={shards}",
+        "model.architecture=qwen2",
+        *DECODER,
+        "model.num_layers=3",
+        "model.layer_cache=1",
+        "adapter.modules_to_save=[]",
+    ]
+    cfg = tiny_config(tmp_path / "run", *overrides)
+    trainer = Trainer(cfg)
+    try:
+        model = trainer.recommender
+        assert model.item_encoder.layer_cache is not None
+        lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+        assert lora and all(".layers.2." in n for n in lora)
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".layers.0." in n}
+        metrics = trainer.train()
+        after = dict(model.named_parameters())
+        assert all(not torch.equal(lora[n], after[n]) for n in lora)
+        assert all(torch.equal(frozen[n], after[n]) for n in frozen)
+        curve = losses(cfg.run_dir)
+        assert curve[-1] < curve[0] - 0.05, curve
+        assert metrics["overall"]["scored"] > 0
+    finally:
+        trainer.close()
+    assert (shards / CACHE_DIR / "meta.json").is_file()
