@@ -61,7 +61,7 @@ def pretrain(cfg_args: list[str], work: Path, steps: int) -> Path:
             f"run_dir={work / 'pretrain'}",
             "adapter.method=full",
             f"train.steps={steps}",
-            "train.lr=1e-3",
+            "train.lr=3e-3",
         ],
     )
     trainer = Trainer(cfg)
@@ -87,7 +87,7 @@ def run(args, common: list[str], work: Path) -> dict:
     """The benchmark of the module docstring; returns the JSON's figures."""
     from mlrec.data.shards import ShardInputs, build_shards
 
-    rounds, steps, pre_steps = (4, 6, 60) if args.quick else (6, 10, 150)
+    rounds, steps, pre_steps = (4, 6, 60) if args.quick else (6, 10, 200)
     cfg_args = [*common, *DECODER, *SIZES, *args.set, f"data.shards_dir={work / 'shards'}"]
     cfg = load_config(None, [*cfg_args, f"run_dir={work}"])
     build_shards(ShardInputs.of(cfg), progress=False)

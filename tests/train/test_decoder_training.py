@@ -96,6 +96,12 @@ def test_decoder_family_trains_and_exports_exactly(tmp_path, tiny_shards, family
     assert exported.item_encoder.decoder == model.item_encoder.decoder
     with torch.no_grad():
         torch.testing.assert_close(exported(*args), trained, rtol=1e-4, atol=1e-4)
+    if family == "qwen2":  # what ONNX cannot take is said, not exported wrong
+        from mlrec.config import ConfigError
+        from mlrec.export.onnx_models import export_onnx
+
+        with pytest.raises(ConfigError, match="export.onnx: .* decoder-only item encoder"):
+            export_onnx(export)
 
 
 def test_training_on_the_layer_cache_trains_the_top_layers_only(tmp_path, tiny_shards):
