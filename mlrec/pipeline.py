@@ -76,8 +76,45 @@ def shard(
             manifest = shards.merge_shards(inputs)
         else:
             manifest = build_shards(inputs, workers=workers)
+        if cfg.data.item_features.teacher:
+            item_features(cfg)
     log.info("shards, item table and manifest: %s", cfg.shards_dir)
     return manifest
+
+
+def item_features(cfg: Config) -> dict[str, Any]:
+    """The teacher's vector of every item of the run's shards (data.item_features), written
+    unless the shards hold those of the same teacher, options and texts already; returns the
+    record (items/features.json)."""
+    import json
+
+    from mlrec.data import features
+    from mlrec.data.layout import FEATURES_RECORD, item_index
+    from mlrec.distill.teachers import load_teacher
+    from mlrec.evaluation import baselines as base
+    from mlrec.languages import parse_ref
+
+    spec, shards_dir = cfg.data.item_features, cfg.shards_dir
+    texts = base.item_texts(
+        shards_dir, news_files(cfg.data, cfg.corpus_dir), cfg.data.text_fields, cfg.data.on_error
+    )
+    record = shards_dir / FEATURES_RECORD
+    if features.features_current(shards_dir, spec):
+        made = json.loads(record.read_text())
+        if made.get("texts_sha256") == io.texts_digest(texts):
+            log.info("item features: %s is current", record)
+            return made
+    teacher = load_teacher(spec.teacher, trust_remote_code=cfg.model.trust_remote_code)
+    keys = [key for key, *_ in item_index(shards_dir)]
+    # the dev impressions' items: their translations are what transfer is measured on
+    excluded = {parse_ref(keys[r], "")[0] for r in _evaluated_rows(shards_dir, "")}
+
+    def encode(batch: list[str]) -> np.ndarray:
+        return base.frozen_item_vectors(
+            batch, teacher.encode, shards_dir / "baselines", teacher.name
+        )
+
+    return features.build_features(shards_dir, texts, encode, spec, excluded, teacher.name)
 
 
 def train(cfg: Config) -> dict[str, Any]:
@@ -104,13 +141,23 @@ def trained_model(cfg: Config, checkpoint: str | Path | None = None):
     pad_id = manifest["tokenizer"]["pad_token_id"]
     tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR, cfg.model.trust_remote_code)
     log.info("model of %s", path)
-    return load_trained(cfg, path, len(tokenizer), pad_id), tokenizer
+    width = _feature_width(cfg)
+    return load_trained(cfg, path, len(tokenizer), pad_id, width), tokenizer
+
+
+def _feature_width(cfg: Config) -> int:
+    """The width of the item features a teacher-feature item tower maps (0 for the text one)."""
+    from mlrec.data.features import tower_features
+
+    table = tower_features(cfg.model.item_tower, cfg.data.item_features, cfg.shards_dir)
+    return 0 if table is None else int(table.shape[1])
 
 
 def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
     """The configured baselines (eval.baselines) as scorers over the items of `shards_dir`:
     popularity counts the run's own training clicks, whatever dev data is scored."""
     from mlrec.data.corpus import news_files
+    from mlrec.data.features import centre_by_language
     from mlrec.data.layout import item_index, shard_files
     from mlrec.data.loader import read_impressions
     from mlrec.evaluation import baselines as base
@@ -150,7 +197,7 @@ def baselines(cfg: Config, shards_dir: Path) -> dict[str, Any]:
             out["teacher_late_fusion"] = per_impression(fusion.scores)
         if head:
             languages = [lang for _, lang, *_ in item_index(shards_dir)]
-            centred = base.centre_by_language(vectors, languages, rows)
+            centred = centre_by_language(vectors, languages, rows)
             fitted = base.CentredHead.fit(centred, train, cfg.data.max_history, seed=cfg.seed)
             out["teacher_centred_head"] = per_impression(fitted.scores)
     return out
@@ -252,6 +299,7 @@ def evaluate(
     """A checkpoint of the run (latest by default), or an `export` folder, on its dev sets or
     on other dev data, with the baselines and the transfer report, written to `out` (default
     <run_dir>/eval; an export's folder is never written to, so `out` is required there)."""
+    from mlrec.data.features import tower_features
     from mlrec.data.layout import load_manifest
     from mlrec.evaluation.ranking import evaluate as score
     from mlrec.train.trainer import build_accelerator, close_accelerator, lock_on_main
@@ -284,6 +332,7 @@ def evaluate(
             out_dir=out or Path(cfg.run_dir) / "eval",
             baselines=baselines(cfg, shards_dir),
             reference_language=cfg.eval.reference_language,
+            features=tower_features(cfg.model.item_tower, cfg.data.item_features, shards_dir),
         )
     finally:
         close_accelerator(accelerator)
@@ -296,6 +345,13 @@ def export(cfg: Config) -> Path:
     then (export.catalog_vectors) the catalog's item vectors for `mlrec serve`."""
     from mlrec.export.hf import export_model
 
+    if cfg.model.item_tower != "text":
+        # an exported model takes tokens; this one also needs each item's teacher vector, which
+        # the service would have to compute with the teacher for every new item
+        raise ConfigError(
+            f"model.item_tower={cfg.model.item_tower}: export and serving take text-tower models "
+            "only for now; evaluate this run with `mlrec evaluate`"
+        )
     if cfg.export.triton and not cfg.export.onnx:
         raise ConfigError("export.triton needs export.onnx: Triton serves the ONNX models")
     model, tokenizer = trained_model(cfg)

@@ -15,14 +15,20 @@ from mlrec.config import ConfigError, DataConfig
 
 log = logging.getLogger(__name__)
 
+# dev set name -> folder, of a Debian corpus with bilingual users (data.debian.bilingual_from)
+DEBIAN_DEV_SETS = {"monolingual": "dev", "bilingual": "dev-bilingual"}
+
 
 def prepare_corpus(data: DataConfig, root: Path) -> Path:
     """Return the corpus folder `root`, generating the synthetic corpus (or fetching and
     converting the Debian catalog) there on first use."""
-    if data.source == "debian" and not (root / "corpus.json").is_file():
-        from mlrec.data.debian import prepare_catalog
+    if data.source == "debian":
+        from mlrec.data.debian import check_catalog, prepare_catalog
 
-        prepare_catalog(data.debian, root)
+        if (root / "corpus.json").is_file():
+            check_catalog(data.debian, root)
+        else:
+            prepare_catalog(data.debian, root)
     if data.source == "synthetic" and not (root / "corpus.json").is_file():
         from mlrec.data.synthetic import generate_corpus
 
@@ -83,7 +89,8 @@ class Behaviors:
 def behaviors_files(data: DataConfig, root: Path) -> list[Behaviors]:
     """The training file, then the dev sets in name order.
 
-    Dev sets are `data.dev_sets` (name -> file; a set named by one of the corpus' languages
+    Dev sets are the Debian converter's two (`DEBIAN_DEV_SETS`) when it writes bilingual
+    users, else `data.dev_sets` (name -> file; a set named by one of the corpus' languages
     reads plain ids in that language, any other name in `data.default_language`), or else
     `data.dev_behaviors` if that file exists (plain ids in the default language, as MIND), or
     else xMIND's layout `dev/<lang>/behaviors.tsv`, one set per language of the news files,
@@ -91,6 +98,11 @@ def behaviors_files(data: DataConfig, root: Path) -> list[Behaviors]:
     (by the set's name, its folder, or `data.default_language`).
     """
     files = [Behaviors("train", root / data.train_behaviors, data.default_language)]
+    if data.source == "debian" and data.debian.bilingual_from:  # its converter's two dev sets
+        return files + [
+            Behaviors(f"dev_{name}", root / rel / "behaviors.tsv", data.default_language)
+            for name, rel in DEBIAN_DEV_SETS.items()
+        ]
     languages = set(news_files(data, root))
     if data.dev_sets:
         for name, rel in sorted(data.dev_sets.items()):

@@ -413,12 +413,13 @@ def baskets(packages: dict[str, Package], is_item: set[str]) -> dict[str, list[s
 @dataclass(frozen=True)
 class Session:
     basket: str
-    lang: str
+    lang: str  # the candidates' language
     history: list[str]
     impressions: list[tuple[str, int]]
+    history_lang: str = ""  # a bilingual user's history language ("": lang)
 
     def row(self, impression_id: int) -> str:
-        history = " ".join(f"{n}@{self.lang}" for n in self.history)
+        history = " ".join(f"{n}@{self.history_lang or self.lang}" for n in self.history)
         shown = " ".join(f"{n}@{self.lang}-{label}" for n, label in self.impressions)
         return f"{impression_id}\t{self.basket}\t\t{history}\t{shown}\n"
 
@@ -441,9 +442,14 @@ def build_sessions(
     train_languages: list[str] | None = None,
     negatives: str = "other-sections",
     heldout_items: bool = False,
+    dev_sessions_per_basket: int = 0,
+    bilingual_from: str = "",
 ) -> dict[str, list[Session]]:
-    """split -> sessions, by the rules in the module docstring."""
+    """split -> sessions, by the rules in the module docstring ("dev-bilingual" too, with
+    `bilingual_from`)."""
     split: dict[str, list[Session]] = {"train": [], "dev": []}
+    if bilingual_from:
+        split["dev-bilingual"] = []
     pools = {  # language -> section -> sorted nids, for negatives
         lang: _by_section(by_nid) for lang, by_nid in items.items()
     }
@@ -453,30 +459,65 @@ def build_sessions(
     unseen = {n for b in dev_baskets for n in members[b]} if heldout_items else set()
     for basket, names in members.items():
         dev = basket in dev_baskets
-        target = split["dev" if dev else "train"]
         languages = sorted(items) if dev or not train_languages else sorted(train_languages)
+        count = (dev_sessions_per_basket or sessions_per_basket) if dev else sessions_per_basket
         for lang in (lang for lang in languages if lang in items):
             present = [n for n in names if n in items[lang] and (dev or n not in unseen)]
-            if len(present) < MIN_BASKET:
-                continue
-            for i in range(sessions_per_basket):
-                rng = random.Random(f"{seed}/{basket}/{lang}/{i}")
-                order = present[:]
-                rng.shuffle(order)
-                n_pos = min(5, max(1, len(order) // 4))
-                positives, history = order[:n_pos], order[n_pos : n_pos + MAX_HISTORY]
-                pool = _negative_pool(
-                    pools[lang], items[lang], set(names), present, positives, negatives
-                )
-                if not dev:
-                    pool = [n for n in pool if n not in unseen]
-                drawn = rng.sample(pool, min(len(pool), NEGATIVES * n_pos))
-                if not drawn:
-                    continue  # no item in this language to serve as a negative
-                shown = [(n, 1) for n in positives] + [(n, 0) for n in drawn]
-                rng.shuffle(shown)
-                target.append(Session(basket, lang, history, shown))
+            exclude = set() if dev else unseen
+            pool_of = _PoolOf(pools[lang], items[lang], set(names), negatives, exclude)
+            made = _sessions(basket, lang, present, pool_of, count, seed)
+            split["dev" if dev else "train"] += [Session(basket, lang, h, s) for h, s in made]
+            if dev and bilingual_from and lang != bilingual_from:
+                # the history in the user's own language, the candidates in `lang`: only the
+                # members both have, so the two sessions of a basket show the same items
+                both = [n for n in present if n in items.get(bilingual_from, {})]
+                made = _sessions(basket, f"{lang}<{bilingual_from}", both, pool_of, count, seed)
+                split["dev-bilingual"] += [
+                    Session(basket, lang, h, shown, history_lang=bilingual_from)
+                    for h, shown in made
+                ]
     return split
+
+
+@dataclass(frozen=True)
+class _PoolOf:
+    """The negative pool of a session in one language (see `_negative_pool`)."""
+
+    by_section: dict[str, list[str]]
+    by_nid: dict[str, Item]
+    basket: set[str]
+    negatives: str
+    exclude: set[str]  # items no negative may be (heldout_items: the dev items, in training)
+
+    def __call__(self, present: list[str], positives: list[str]) -> list[str]:
+        pool = _negative_pool(
+            self.by_section, self.by_nid, self.basket, present, positives, self.negatives
+        )
+        return [n for n in pool if n not in self.exclude] if self.exclude else pool
+
+
+def _sessions(
+    basket: str, tag: str, present: list[str], pool_of: _PoolOf, count: int, seed: int
+) -> list[tuple[list[str], list[tuple[str, int]]]]:
+    """(history, shown) of `count` sessions over the basket members `present`, each from a
+    generator seeded by (seed, basket, tag, i); none when fewer than MIN_BASKET are present."""
+    if len(present) < MIN_BASKET:
+        return []
+    out = []
+    for i in range(count):
+        rng = random.Random(f"{seed}/{basket}/{tag}/{i}")
+        order = present[:]
+        rng.shuffle(order)
+        n_pos = min(5, max(1, len(order) // 4))
+        positives, history = order[:n_pos], order[n_pos : n_pos + MAX_HISTORY]
+        pool = pool_of(present, positives)
+        drawn = rng.sample(pool, min(len(pool), NEGATIVES * n_pos))
+        if not drawn:
+            continue  # no item in this language to serve as a negative
+        shown = [(n, 1) for n in positives] + [(n, 0) for n in drawn]
+        rng.shuffle(shown)
+        out.append((history, shown))
+    return out
 
 
 def _negative_pool(
@@ -534,6 +575,8 @@ def convert(
     train_languages: list[str] | None = None,
     negatives: str = "other-sections",
     heldout_items: bool = False,
+    dev_sessions_per_basket: int = 0,
+    bilingual_from: str = "",
     progress: bool = False,
 ) -> dict[str, Any]:
     """Convert an apt lists folder into a MIND-format corpus in `root`; return corpus.json's
@@ -557,12 +600,15 @@ def convert(
         "train_languages": list(train_languages or []),
         "negatives": negatives,
         "heldout_items": heldout_items,
+        "dev_sessions_per_basket": dev_sessions_per_basket,
+        "bilingual_from": bilingual_from,
     }
     sessions = build_sessions(members, items, **params)
     write_corpus(root, items, sessions)
     meta = {
         "source": "debian",
         "lists": str(lists),
+        "requested_languages": list(languages),
         **_corpus_counts(items, with_text, members, sessions),
         "params": {**params, "min_basket": MIN_BASKET, "negatives_per_click": NEGATIVES},
         **stats,
@@ -647,22 +693,44 @@ def _corpus_counts(
     }
 
 
+def _convert_options(deb: DebianCatalogConfig) -> dict[str, Any]:
+    """The section's fields that decide what `convert` writes, as its keyword arguments."""
+    return {
+        "sessions_per_basket": deb.sessions_per_basket,
+        "dev_fraction": deb.dev_fraction,
+        "seed": deb.seed,
+        "train_languages": list(deb.train_languages),
+        "negatives": deb.negatives,
+        "heldout_items": deb.heldout_items,
+        "dev_sessions_per_basket": deb.dev_sessions_per_basket,
+        "bilingual_from": deb.bilingual_from,
+    }
+
+
+def check_catalog(deb: DebianCatalogConfig, root: Path) -> None:
+    """A corpus converted before is used only if it was converted with the same options: one
+    made with others would be trained and scored under the wrong name."""
+    meta = json.loads((root / "corpus.json").read_text())
+    recorded = {**meta.get("params", {}), "languages": meta.get("requested_languages")}
+    wanted = {**_convert_options(deb), "languages": list(deb.languages)}
+    differ = [
+        k for k in wanted if k in recorded and recorded[k] is not None and recorded[k] != wanted[k]
+    ]
+    if differ:
+        said = ", ".join(
+            f"data.debian.{k}: {recorded[k]!r} there, {wanted[k]!r} now" for k in differ
+        )
+        raise DataError(
+            f"{root / 'corpus.json'}: the corpus there was converted with other options ({said}); "
+            "remove that folder to convert again, or give this config its own run_dir"
+        )
+
+
 def prepare_catalog(deb: DebianCatalogConfig, root: Path) -> dict[str, Any]:
     """`mlrec data` for `data.source: debian`: fetch the lists (unless cached) and convert them
     into the corpus folder `root`."""
     lists = fetch_lists(deb.lists_dir or root / "apt-lists", deb.languages)
-    meta = convert(
-        lists,
-        root,
-        deb.languages,
-        sessions_per_basket=deb.sessions_per_basket,
-        dev_fraction=deb.dev_fraction,
-        seed=deb.seed,
-        train_languages=deb.train_languages,
-        negatives=deb.negatives,
-        heldout_items=deb.heldout_items,
-        progress=True,
-    )
+    meta = convert(lists, root, deb.languages, **_convert_options(deb), progress=True)
     log.info(
         "Debian catalog in %s: %d items in %d languages, %d baskets, %s sessions (%.1f s)",
         root,

@@ -4,6 +4,8 @@
   items/tokens.npy      int32 [items, data.max_item_tokens], padded with the tokenizer's pad id
   items/index.tsv       one line per row: nid@lang, language, category, subcategory
   items/items.json      counts, source files, row accounting, and the fingerprint of the inputs
+  items/features.npy    float16 [items, dim]: a frozen teacher's vector per row (data.item_features)
+  items/features.json   the teacher and options they were made with (mlrec.data.features)
   train-000003-de.tar   the German impressions among rows 3N..4N-1 of train behaviors.tsv
   train-000003.json     that unit's record: row accounting, its tars with counts and checksums
   dev-000000-de.tar     the dev set's impressions (one dev set), or with several named sets
@@ -31,6 +33,8 @@ TOKENIZER_FILE = "tokenizer/tokenizer.json"  # what the manifest's tokenizer sha
 ITEM_TOKENS = "items/tokens.npy"
 ITEM_INDEX = "items/index.tsv"
 ITEMS_RECORD = "items/items.json"
+ITEM_FEATURES = "items/features.npy"
+FEATURES_RECORD = "items/features.json"
 MANIFEST = "manifest.json"
 
 

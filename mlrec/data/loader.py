@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from mlrec.data.layout import ITEM_TOKENS, ShardFile, language_shards, load_manifest
+from mlrec.data.layout import ITEM_FEATURES, ITEM_TOKENS, ShardFile, language_shards, load_manifest
 from mlrec.data.verify import check_size, read_shard
 
 log = logging.getLogger(__name__)
@@ -64,9 +64,11 @@ def read_impressions(shards: Iterable[ShardFile]) -> Iterator[dict[str, Any]]:
 Sample = tuple[list[int], list[int], str, int]  # history rows, candidate rows, language, impression
 
 
-def collate(samples: list[Sample], table: np.ndarray, pad_id: int) -> dict[str, Any]:
+def collate(
+    samples: list[Sample], table: np.ndarray, pad_id: int, features: np.ndarray | None = None
+) -> dict[str, Any]:
     """Build one batch from (history rows, candidate rows with the positive first, language,
-    impression id)."""
+    impression id); with `features` (items/features.npy), the items' teacher vectors too."""
     rows = sorted({r for history, cands, _, _ in samples for r in (*history, *cands)})
     position = {r: i for i, r in enumerate(rows)}
     tokens = table[rows]
@@ -80,7 +82,11 @@ def collate(samples: list[Sample], table: np.ndarray, pad_id: int) -> dict[str, 
         history[b, : len(hist)] = torch.tensor([position[r] for r in hist], dtype=torch.long)
         history_mask[b, : len(hist)] = True
     candidates = torch.tensor([[position[r] for r in c] for _, c, _, _ in samples])
+    extra = {}
+    if features is not None:
+        extra["item_features"] = torch.from_numpy(np.asarray(features[rows], dtype=np.float32))
     return {
+        **extra,
         "item_ids": tokens,
         "item_mask": tokens != pad_id,
         "history": history,
@@ -107,8 +113,10 @@ class TrainStream(IterableDataset):
         world_size: int = 1,
         skip_batches: int = 0,
         language_alpha: float = 1.0,
+        features: bool = False,
     ) -> None:
         self.shards_dir = Path(shards_dir)
+        self.features = features  # batches carry items/features.npy's rows (checked by caller)
         self.shards = language_shards(shards_dir, "train")
         # every tar before any worker starts: a missing or cut shard stops training here, not
         # in a worker mid-run (each read checks again, and counts)
@@ -194,6 +202,9 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         table = np.load(self.shards_dir / ITEM_TOKENS, mmap_mode="r")
+        features = None
+        if self.features:
+            features = np.load(self.shards_dir / ITEM_FEATURES, mmap_mode="r")
         # Batch k of this rank comes from sub-stream k mod workers. The DataLoader asks worker 0
         # first, so after skipping n batches worker w must produce sub-stream (w + n) mod workers,
         # having dropped that sub-stream's batches among the first n.
@@ -207,7 +218,7 @@ class TrainStream(IterableDataset):
             if to_skip:
                 to_skip -= 1
             else:
-                yield collate(batch, table, self.pad_id)
+                yield collate(batch, table, self.pad_id, features)
             batch = []
 
 

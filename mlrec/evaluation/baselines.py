@@ -12,8 +12,9 @@
   callable, L2-normalised and cached). The encoder is passed in as a callable: mlrec.evaluation
   may not import mlrec.distill, where the mUSE teacher lives.
 
-- `CentredHead`: the same vectors with each language's mean removed, and a linear map trained on
-  the training clicks (the strong simple baseline for cross-lingual transfer).
+- `CentredHead`: the same vectors with each language's mean removed (`centre_by_language`, in
+  mlrec.data.features), and a linear map trained on the training clicks (the strong simple
+  baseline for cross-lingual transfer).
 
 `score_impressions` turns any scorer's scores into per-impression metrics, so baselines and the
 model share one path from scores to numbers.
@@ -106,25 +107,6 @@ class LateFusion:
         # float64: float32 dot products of near-equal items tie more often than they should
         user = self.vectors[history].astype(np.float64).mean(axis=0)
         return (self.vectors[candidates].astype(np.float64) @ user).tolist()
-
-
-def centre_by_language(
-    vectors: np.ndarray, languages: Sequence[str], rows: Sequence[int]
-) -> np.ndarray:
-    """`vectors` with each language's mean vector (over `rows`, the rows encoded) subtracted
-    from that language's rows, then L2-normalised again. Multilingual encoders put each
-    language at its own offset (Libovický et al., 2020: "On the language neutrality of
-    pre-trained multilingual representations"); removing it needs no labels. Rows outside
-    `rows` stay zero."""
-    out = np.zeros_like(vectors)
-    rows = np.asarray(rows, dtype=np.int64)
-    langs = np.asarray(languages)[rows]
-    for lang in sorted(set(langs.tolist())):
-        mine = rows[langs == lang]
-        centred = vectors[mine] - vectors[mine].mean(axis=0, keepdims=True)
-        norms = np.linalg.norm(centred, axis=1, keepdims=True)
-        out[mine] = centred / np.maximum(norms, np.finfo(np.float32).tiny)
-    return out
 
 
 class CentredHead(LateFusion):

@@ -29,16 +29,26 @@ class TorchItems:
         self.encoder, self.device, self.dim = item_encoder, torch.device(device), item_encoder.dim
 
     @torch.no_grad()
-    def items(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def items(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, features: np.ndarray | None = None
+    ) -> np.ndarray:
         ids = torch.from_numpy(input_ids).to(self.device)
         mask = torch.from_numpy(attention_mask).to(self.device) != 0
-        return self.encoder(ids, mask).float().cpu().numpy()
+        extra = None if features is None else torch.from_numpy(features).to(self.device)
+        return self.encoder(ids, mask, extra).float().cpu().numpy()
 
 
 def encode_rows(
-    encoder: ItemEncoderFn, table: np.ndarray, rows: np.ndarray, pad_id: int, batch_size: int
+    encoder: ItemEncoderFn,
+    table: np.ndarray,
+    rows: np.ndarray,
+    pad_id: int,
+    batch_size: int,
+    features: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Vectors of the given item-table rows, in that order.
+    """Vectors of the given item-table rows, in that order; with `features` (a teacher-feature
+    item tower's table, mlrec.data.features, row-aligned with `table`), the encoder is given the
+    rows' teacher vectors too (only `TorchItems` takes them).
 
     Rows are encoded shortest first so that each batch is cut to its own longest item: titles
     vary in length and padding every batch to the table's width wastes most of the work.
@@ -52,7 +62,12 @@ def encode_rows(
         chosen = order[start : start + batch_size]
         width = max(int(lengths[chosen].max()), 1)
         ids = tokens[chosen, :width].astype(np.int64)
-        out[chosen] = encoder.items(ids, (ids != pad_id).astype(np.int64))
+        mask = (ids != pad_id).astype(np.int64)
+        if features is None:
+            out[chosen] = encoder.items(ids, mask)
+        else:
+            given = np.asarray(features[rows[chosen]], dtype=np.float32)
+            out[chosen] = encoder.items(ids, mask, given)  # type: ignore[call-arg]
     return out
 
 

@@ -115,6 +115,7 @@ class ModelScorer:
     pad_id: int
     batch_size: int
     max_history: int
+    features: np.ndarray | None = None  # the items' teacher vectors (teacher-feature tower)
 
     def __call__(self, impressions: Sequence[Impression]) -> list[np.ndarray]:
         device, last = self.accelerator.device, self.max_history
@@ -125,7 +126,9 @@ class ModelScorer:
         out: list[np.ndarray] = []
         with self.accelerator.autocast():
             encoder = TorchItems(self.model.item_encoder, device)
-            found = encode_rows(encoder, self.table, np.asarray(rows), self.pad_id, self.batch_size)
+            found = encode_rows(
+                encoder, self.table, np.asarray(rows), self.pad_id, self.batch_size, self.features
+            )
             vectors = torch.from_numpy(found).to(device)
             for start in range(0, len(impressions), _USERS_PER_PASS):
                 chunk = impressions[start : start + _USERS_PER_PASS]
@@ -224,7 +227,8 @@ def evaluate_split(
         metrics["baselines"] = {name: summary(rows) for name, rows in scored.items()}
         if PAIRED_AGAINST in scored:
             scored["model"] = results
-            metrics["paired"] = paired_against(scored, PAIRED_AGAINST)
+            users = {imp["impression"]: imp["user"] for imp in impressions}
+            metrics["paired"] = paired_against(scored, PAIRED_AGAINST, users=users)
     if swapper is not None:
         metrics["transfer"] = _transfer(impressions, scorers, swapper, accelerator)
     return metrics, results
@@ -233,32 +237,54 @@ def evaluate_split(
 PAIRED_AGAINST = "teacher_late_fusion"  # the bar: a frozen teacher, no training
 
 
-def paired_against(scored: dict[str, list[Outcome]], against: str, metric: str = "auc") -> dict:
+def paired_against(
+    scored: dict[str, list[Outcome]],
+    against: str,
+    metric: str = "auc",
+    users: dict[int, str] | None = None,
+) -> dict:
     """Each scorer's per-impression `metric` minus `against`'s on the same impressions, per
     language and overall: the mean difference, its standard error (sd / sqrt(n): the two
     scores of an impression are not independent, so the paired error is the honest one, far
-    smaller than the two unpaired errors together) and n."""
+    smaller than the two unpaired errors together) and n. With `users` (impression id -> user),
+    also `se_by_user`, the cluster-robust error with each user's impressions as one cluster:
+    impressions of one user (or of one basket) are not independent of each other either, and
+    when a user has many, the plain error understates the uncertainty."""
     base = scored[against]
     out: dict[str, Any] = {"against": against, "metric": metric}
     for name, rows in scored.items():
         if name == against:
             continue
-        diffs: dict[str, list[float]] = {}
+        diffs: dict[str, list[tuple[float, str]]] = {}
         for mine, theirs in zip(rows, base, strict=True):
             if mine[0] != theirs[0]:
                 raise ValueError(f"{name} and {against} scored different impressions")
             if isinstance(mine[4], dict) and isinstance(theirs[4], dict):
-                diff = mine[4][metric] - theirs[4][metric]
+                diff = (mine[4][metric] - theirs[4][metric], (users or {}).get(mine[0], ""))
                 diffs.setdefault(mine[1], []).append(diff)
                 diffs.setdefault("overall", []).append(diff)
-        out[name] = {lang: _mean_and_error(d) for lang, d in sorted(diffs.items())}
+        out[name] = {
+            lang: _mean_and_error(d, clustered=users is not None)
+            for lang, d in sorted(diffs.items())
+        }
     return out
 
 
-def _mean_and_error(diffs: list[float]) -> dict[str, float]:
-    values = np.asarray(diffs, dtype=np.float64)
-    se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
-    return {"n": len(values), "diff": float(values.mean()), "se": se}
+def _mean_and_error(diffs: list[tuple[float, str]], clustered: bool) -> dict[str, float]:
+    values = np.asarray([d for d, _ in diffs], dtype=np.float64)
+    n = len(values)
+    se = float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    out = {"n": n, "diff": float(values.mean()), "se": se}
+    if clustered:
+        # sum of residuals per cluster; the CR1 small-sample factor G / (G - 1)
+        sums: dict[str, float] = {}
+        for (_, user), residual in zip(diffs, values - values.mean(), strict=True):
+            sums[user] = sums.get(user, 0.0) + residual
+        groups = len(sums)
+        spread = sum(v * v for v in sums.values()) * groups / (groups - 1) if groups > 1 else 0
+        out["users"] = groups
+        out["se_by_user"] = float(np.sqrt(spread) / n) if groups > 1 else float("nan")
+    return out
 
 
 @torch.no_grad()
@@ -274,6 +300,7 @@ def evaluate(
     out_dir: Path | None = None,
     baselines: dict[str, BatchScorer] | None = None,
     reference_language: str = "",
+    features: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """MIND metrics of the model (and each baseline) on every dev set of the shards, per
     language and overall, with the accounting of every impression read and, with
@@ -288,7 +315,7 @@ def evaluate(
     model.eval()
     table = np.load(Path(shards_dir) / ITEM_TOKENS, mmap_mode="r")
     scorers = {
-        "model": ModelScorer(model, accelerator, table, pad_id, batch_size, max_history),
+        "model": ModelScorer(model, accelerator, table, pad_id, batch_size, max_history, features),
         **(baselines or {}),
     }
     keys = [row[0] for row in item_index(shards_dir)]

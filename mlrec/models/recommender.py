@@ -21,6 +21,7 @@ from mlrec.models import decoders
 from mlrec.models.attention import use_mlrec_attention
 from mlrec.models.length_groups import length_groups
 from mlrec.models.packed_encoder import packable, packed_hidden_states
+from mlrec.models.teacher_tower import GatedText, TeacherTower
 
 
 def build_backbone(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
@@ -98,6 +99,11 @@ class ItemEncoder(nn.Module):
     With `length_buckets` > 0, the items are encoded in up to that many groups of similar length,
     each cut to its longest item (`mlrec.models.length_groups`): the same vectors, less padding.
     BERT-family encoders take all groups through each layer at once (`mlrec.models.packed_encoder`).
+
+    `tower` (model.item_tower): "text" encodes the tokens; "teacher" maps each item's teacher
+    vector (`features`, [items, feature_dim]) and does not run the text encoder; "fused" adds the
+    text vector (projected to feature_dim) behind a closed gate (`mlrec.models.teacher_tower`).
+
     A decoder (`decoder` set) sees its rows right-aligned, with EOS appended where asked
     (mlrec.models.decoders); while training with a frozen-layer cache (`layer_cache` set), only
     its top layers run (mlrec.models.layer_cache).
@@ -109,19 +115,52 @@ class ItemEncoder(nn.Module):
         pooling: str,
         projection_dim: int,
         length_buckets: int = 0,
+        tower: str = "text",
+        feature_dim: int = 0,
         decoder: decoders.DecoderInputs | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
         width = backbone.config.hidden_size
+        if tower != "text":
+            if not feature_dim:
+                raise ValueError(f"model.item_tower={tower} needs the item features' width")
+            if projection_dim and projection_dim != feature_dim:
+                raise ValueError(
+                    f"model.projection_dim ({projection_dim}) must be 0 or the item features' "
+                    f"width ({feature_dim}) with model.item_tower={tower}"
+                )
+            projection_dim = feature_dim if tower == "fused" else 0
         self.projection = nn.Linear(width, projection_dim) if projection_dim else nn.Identity()
-        self.dim = projection_dim or width
+        self.dim = feature_dim if tower != "text" else projection_dim or width
         self.length_buckets = length_buckets
+        self.tower = tower
+        self.teacher = TeacherTower(feature_dim) if tower != "text" else None
+        self.gate = GatedText(feature_dim) if tower == "fused" else None
         self.decoder = decoder
         self.layer_cache = None  # set by the trainer (mlrec.models.layer_cache.LayerCache)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        features: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.teacher is None:
+            return self.text(input_ids, attention_mask)
+        if features is None or len(features) != len(input_ids):
+            raise ValueError(
+                f"model.item_tower={self.tower} needs each item's teacher vector "
+                "(data.item_features), and this batch has none for some of its items"
+            )
+        teacher = self.teacher(features)
+        if self.gate is None:
+            return teacher
+        return self.gate(teacher, self.text(input_ids, attention_mask).to(teacher.dtype))
+
+    def text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The text encoder's vectors of a padded block of items."""
         if self.decoder is not None and len(input_ids):
             input_ids, attention_mask = self.decoder.prepare(input_ids, attention_mask)
             if self.layer_cache is not None and self.training:
@@ -267,28 +306,40 @@ class Recommender(nn.Module):
         history_mask: torch.Tensor,
         candidates: torch.Tensor,
         in_batch: bool = False,
+        item_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Scores [batch, candidates]; `history`/`candidates` index rows of `item_ids`.
+        """Scores [batch, candidates]; `history`/`candidates` index rows of `item_ids` (and of
+        `item_features`, the items' teacher vectors, for a teacher-feature item tower).
 
         With `in_batch`, every user is scored against every candidate of the batch:
         [batch, batch * candidates], row b's own candidates at columns b*C .. b*C + C - 1.
         """
-        items = self.item_encoder(item_ids, item_mask)
+        items = self.item_encoder(item_ids, item_mask, item_features)
         users = self.user_vectors(items, history, history_mask)
         return candidate_scores(users, items, candidates, in_batch)
 
 
-def item_encoder_for(backbone: PreTrainedModel, cfg: ModelConfig) -> ItemEncoder:
-    """The item encoder `cfg` describes around `backbone` (a decoder's inputs from its config)."""
+def item_encoder_for(
+    backbone: PreTrainedModel, cfg: ModelConfig, feature_dim: int = 0
+) -> ItemEncoder:
+    """The item encoder `cfg` describes around `backbone` (a decoder's inputs from its config;
+    `feature_dim`: the width of the item features a teacher-feature item tower maps)."""
     return ItemEncoder(
         backbone,
         cfg.pooling,
         cfg.projection_dim,
         cfg.length_buckets,
-        decoders.decoder_inputs(backbone, cfg),
+        tower=cfg.item_tower,
+        feature_dim=feature_dim,
+        decoder=decoders.decoder_inputs(backbone, cfg),
     )
 
 
-def build_recommender(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> Recommender:
-    item_encoder = item_encoder_for(build_backbone(cfg, vocab_size, pad_token_id), cfg)
+def build_recommender(
+    cfg: ModelConfig, vocab_size: int, pad_token_id: int, feature_dim: int = 0
+) -> Recommender:
+    """The recommender `cfg` describes; `feature_dim`: the width of the item features
+    (data.item_features) a teacher-feature item tower maps."""
+    backbone = build_backbone(cfg, vocab_size, pad_token_id)
+    item_encoder = item_encoder_for(backbone, cfg, feature_dim)
     return Recommender(item_encoder, build_user_encoder(cfg, item_encoder.dim))

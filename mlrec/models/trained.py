@@ -73,10 +73,11 @@ def checkpoint_weights(checkpoint: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_trained(
-    cfg: Config, checkpoint: str | Path, vocab_size: int, pad_token_id: int
+    cfg: Config, checkpoint: str | Path, vocab_size: int, pad_token_id: int, feature_dim: int = 0
 ) -> Recommender:
-    """The recommender of `checkpoint` as `cfg` describes it, in eval mode on CPU."""
-    model = build_recommender(cfg.model, vocab_size, pad_token_id)
+    """The recommender of `checkpoint` as `cfg` describes it, in eval mode on CPU
+    (`feature_dim`: the item features' width, for a teacher-feature item tower)."""
+    model = build_recommender(cfg.model, vocab_size, pad_token_id, feature_dim)
     model.item_encoder.backbone = adapt_backbone(
         model.item_encoder.backbone, cfg.adapter, cfg.train.steps, cfg.model.layer_cache
     )

@@ -30,6 +30,7 @@ from transformers import get_scheduler
 
 from mlrec import locks
 from mlrec.config import Config, ConfigError
+from mlrec.data.features import tower_features
 from mlrec.data.layout import ITEM_TOKENS, TOKENIZER_DIR, load_manifest
 from mlrec.data.loader import train_loader
 from mlrec.data.tokenizer import load_tokenizer
@@ -124,6 +125,8 @@ class Trainer:
         self.manifest = load_manifest(cfg.shards_dir)
         self.pad_id = self.manifest["tokenizer"]["pad_token_id"]
         self.tokenizer = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR, cfg.model.trust_remote_code)
+        # the items' teacher vectors, for a teacher-feature item tower (None: the text tower)
+        self.features = tower_features(cfg.model.item_tower, cfg.data.item_features, cfg.shards_dir)
         model = self.build_model()
         if cfg.model.layer_cache:
             self.attach_layer_cache(model)
@@ -173,7 +176,8 @@ class Trainer:
     def build_model(self) -> Recommender:
         """The recommender to train, adapters applied (mlrec.distill's Distiller adds to it)."""
         cfg = self.cfg
-        model = build_recommender(cfg.model, len(self.tokenizer), self.pad_id)
+        width = 0 if self.features is None else self.features.shape[1]
+        model = build_recommender(cfg.model, len(self.tokenizer), self.pad_id, width)
         model.item_encoder.backbone = adapt_backbone(
             model.item_encoder.backbone, cfg.adapter, cfg.train.steps, cfg.model.layer_cache
         )
@@ -281,6 +285,7 @@ class Trainer:
             world_size=self.accelerator.num_processes,
             skip_batches=self.batches_consumed,
             language_alpha=data.language_alpha,
+            features=self.features is not None,
         )
         for batch in loader:
             self.batches_consumed += 1
@@ -356,6 +361,7 @@ class Trainer:
             batch["history_mask"],
             batch["candidates"],
             in_batch=in_batch,
+            item_features=batch.get("item_features"),
         )
 
     def compute_loss(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -465,6 +471,7 @@ class Trainer:
             out_dir=self.run_dir / "eval",
             baselines=self.baselines,
             reference_language=self.cfg.eval.reference_language,
+            features=self.features,
         )
         if self.accelerator.is_main_process:
             assert self.writer is not None

