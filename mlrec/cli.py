@@ -231,7 +231,7 @@ def quickstart(cfg: Config) -> None:
     print(f"\nHeld-out evaluation ({metrics['overall']['impressions']} impressions):")
     print(_tables(metrics))
     print(f"\nFinished in {time.perf_counter() - start:.0f} s. Everything is under {run}/:")
-    for what, where in [
+    written = [
         ("corpus (synthetic, MIND format)", corpus),
         ("shards + manifest", cfg.shards_dir),
         ("resolved config", run / "config.yaml"),
@@ -239,8 +239,10 @@ def quickstart(cfg: Config) -> None:
         ("TensorBoard logs", run / "tb"),
         ("metrics, predictions", run / "eval"),
         ("Hugging Face export", export_dir),
-        ("ONNX models + parity report", export_dir / "onnx"),
-    ]:
+    ]
+    if cfg.export.onnx:  # a decoder's quickstart writes none (configs/quickstart-decoder.yaml)
+        written.append(("ONNX models + parity report", export_dir / "onnx"))
+    for what, where in written:
         print(f"  {what:<32} {where}")
     print(f"\nWatch the curves with: tensorboard --logdir {run / 'tb'}")
 

@@ -156,6 +156,10 @@ class DataConfig:
     text_fields: list[str] = field(default_factory=lambda: ["title"])
     max_item_tokens: int = 24
     max_history: int = 20
+    # put before every item text when the item table is tokenised (and by `mlrec serve` for
+    # free texts), as E5 and Qwen3-Embedding prefix an instruction; its tokens count toward
+    # max_item_tokens
+    item_instruction: str = ""
     negatives: int = 4  # K sampled negatives per positive
     batch_size: int = 32  # impressions' positives per step and process
     num_workers: int = 1  # DataLoader workers per process
@@ -181,7 +185,25 @@ class ModelConfig:
     num_layers: int = 2
     num_heads: int = 4
     intermediate_size: int = 128
-    pooling: str = "mean"  # mean | cls
+    # the random backbone built when name_or_path is "": xlm-roberta (an encoder) or a decoder
+    # family of mlrec.models.decoders (qwen2, qwen3, llama, gemma2, gemma3_text, mistral, phi3)
+    architecture: str = "xlm-roberta"
+    # auto: read from the model's config (mlrec.models.decoders.DECODERS); encoder | decoder
+    # overrides it for an architecture mlrec does not know
+    encoder_type: str = "auto"
+    # mean | cls | last (the last real token: what decoder embedding models use; cls is refused
+    # for decoders, whose first token sees nothing of the text after it)
+    pooling: str = "mean"
+    # decoders only: append the EOS token to each item before last-token pooling; auto does it
+    # for the families whose embedding models do (mlrec.models.decoders.DECODERS)
+    append_eos: str = "auto"  # auto | always | never
+    # the backbone's weights; bfloat16 halves their memory (heads and LoRA weights stay fp32)
+    weights_dtype: str = "float32"  # float32 | bfloat16
+    # decoders, frozen-layer cache (ONCE-style): > 0 trains only the top `layer_cache` layers
+    # (LoRA on them, everything below frozen) and reads each item's hidden states below them
+    # from a cache computed once (mlrec.models.layer_cache); 0: every layer runs every step
+    layer_cache: int = 0
+    layer_cache_dtype: str = "float16"  # float16 | bfloat16 | float32: the stored states
     projection_dim: int = 0  # 0: item vectors keep the encoder's width
     user_encoder: str = "attention"  # attention (NRMS-style) | mean
     # text: the encoder over the item's tokens; teacher: a trained linear map of the item's
@@ -436,7 +458,21 @@ BASELINES = ("popularity", "teacher", "teacher_centred_head", "teacher_features"
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.source": ("synthetic", "mind", "debian", "table"),
     "data.on_error": ("strict", "skip"),
-    "model.pooling": ("mean", "cls"),
+    "model.pooling": ("mean", "cls", "last"),
+    "model.architecture": (
+        "xlm-roberta",
+        "qwen2",
+        "qwen3",
+        "llama",
+        "gemma2",
+        "gemma3_text",
+        "mistral",
+        "phi3",
+    ),
+    "model.encoder_type": ("auto", "encoder", "decoder"),
+    "model.append_eos": ("auto", "always", "never"),
+    "model.weights_dtype": ("float32", "bfloat16"),
+    "model.layer_cache_dtype": ("float16", "bfloat16", "float32"),
     "model.user_encoder": ("attention", "mean"),
     "adapter.method": ("lora", "adalora", "full", "frozen"),
     "train.schedule": ("cosine", "linear", "constant"),
@@ -484,6 +520,7 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "model.projection_dim": _NON_NEGATIVE,
     "model.user_heads": _POSITIVE,
     "model.length_buckets": _NON_NEGATIVE,
+    "model.layer_cache": _NON_NEGATIVE,
     "model.dropout": _FRACTION,
     "adapter.r": _POSITIVE,
     "adapter.alpha": _POSITIVE,
@@ -654,6 +691,39 @@ def _validate_model(cfg: Config, fail: _Fail) -> None:
         )
     if cfg.model.hidden_size % cfg.model.num_heads:
         fail("model.num_heads", f"must divide model.hidden_size ({cfg.model.hidden_size})")
+    decoder = cfg.model.encoder_type == "decoder" or (
+        cfg.model.encoder_type == "auto"
+        and not cfg.model.name_or_path
+        and cfg.model.architecture != "xlm-roberta"
+    )
+    if decoder and cfg.model.pooling == "cls":
+        fail("model.pooling", DECODER_CLS)
+    if cfg.model.layer_cache:
+        _validate_layer_cache(cfg, fail)
+
+
+# also raised when a loaded model's config turns out to be a decoder's
+DECODER_CLS = (
+    "cannot be cls for a decoder-only model: under causal attention the first token sees none "
+    "of the text after it; use last (the last token, as decoder embedding models do) or mean"
+)
+
+
+def _validate_layer_cache(cfg: Config, fail: _Fail) -> None:
+    if cfg.model.layer_cache >= cfg.model.num_layers and not cfg.model.name_or_path:
+        fail("model.layer_cache", f"must be below model.num_layers ({cfg.model.num_layers})")
+    if cfg.adapter.method not in ("lora", "adalora"):
+        fail(
+            "adapter.method",
+            f"must be lora or adalora with model.layer_cache (got {cfg.adapter.method}): the "
+            "cached layers must stay as they were when the cache was computed",
+        )
+    if cfg.adapter.modules_to_save:
+        fail(
+            "adapter.modules_to_save",
+            "must be [] with model.layer_cache: the embeddings lie below the cached layers, so "
+            "training them would change nothing the top layers see",
+        )
 
 
 def _validate_train(cfg: Config, fail: _Fail) -> None:

@@ -33,10 +33,20 @@ RULES: dict[str, tuple[str, ...]] = {
     "mlrec.train": (*BASE, "mlrec.config", "mlrec.data", "mlrec.models", "mlrec.evaluation"),
     "mlrec.export": (*BASE, "mlrec.config", "mlrec.data", "mlrec.models", "mlrec.evaluation"),
     "mlrec.serve": (
-        *BASE, "mlrec.config", "mlrec.data", "mlrec.models", "mlrec.evaluation", "mlrec.export",
+        *BASE,
+        "mlrec.config",
+        "mlrec.data",
+        "mlrec.models",
+        "mlrec.evaluation",
+        "mlrec.export",
     ),  # fmt: skip
     "mlrec.distill": (
-        *BASE, "mlrec.config", "mlrec.data", "mlrec.models", "mlrec.evaluation", "mlrec.train",
+        *BASE,
+        "mlrec.config",
+        "mlrec.data",
+        "mlrec.models",
+        "mlrec.evaluation",
+        "mlrec.train",
         "mlrec.export",
     ),  # fmt: skip
     # the entry points: they may import everything, nothing imports them

@@ -1,6 +1,7 @@
 """Training throughput of mlrec against a naive loop, and model FLOPs utilisation on CPU.
 
     python -m tools.bench_train --out FILE.json [--quick] [--set KEY=VALUE ...]
+    python -m tools.bench_train --layer-cache --out FILE.json [--quick]   (tools.bench_layer_cache)
 
 Both sides train the same recommender (an XLM-R-style encoder, hidden 256, 4 layers, LoRA r=8 on
 attention and feed-forward layers, NRMS user encoder; 10 history items, 1 positive + 4 negatives,
@@ -406,9 +407,23 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="config overrides applied after the benchmark's model (e.g. model.hidden_size=384)",
     )
+    parser.add_argument(
+        "--layer-cache",
+        action="store_true",
+        help="instead: the frozen-layer cache against full-depth LoRA on a 12-layer decoder "
+        "(tools.bench_layer_cache)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(2)
+    if args.layer_cache:
+        from tools.bench_layer_cache import run
+
+        work = Path(tempfile.mkdtemp(prefix="bench-layer-cache-"))
+        result = run(args, ["train.steps=1000"], work)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(json.dumps(result, indent=2))
+        return
     rounds, steps = (8, 3) if args.quick else (16, 4)
     cfg = bench_config(parser, args, Path(tempfile.mkdtemp(prefix="bench-train-")))
     start = time.perf_counter()

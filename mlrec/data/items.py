@@ -100,6 +100,7 @@ def fingerprint(
     inputs = {
         "sources": sources,
         "text_fields": data.text_fields,
+        "item_instruction": data.item_instruction,
         "max_item_tokens": data.max_item_tokens,
         "on_error": data.on_error,
         "tokenizer": tokenizer.source,
@@ -144,6 +145,7 @@ def _write_table(
     shape: tuple[int, int],
     fields: list[str],
     progress: bool,
+    instruction: str = "",
 ) -> None:
     """items/tokens.npy (`shape`: rows, tokens) and items/index.tsv under `tmp`, in `items`'
     order; the table is written through a memory map, a batch of rows at a time."""
@@ -160,7 +162,7 @@ def _write_table(
                 )
             if len(batch) == _TOKENIZE_BATCH or (item is None and batch):
                 table[row : row + len(batch)] = _encode(
-                    tok, [i.text(fields) for i in batch], max_len
+                    tok, [instruction + i.text(fields) for i in batch], max_len
                 )
                 row += len(batch)
                 bar.update(len(batch))
@@ -207,7 +209,7 @@ def build_items(
     texts = (i.text(fields) for i in quiet_items())
     tok, tok_info = _tokenizer(tokenizer, texts, tmp / TOKENIZER_DIR)
     max_len = data.max_item_tokens
-    _write_table(tmp, tok, quiet_items(), (count, max_len), fields, progress)
+    _write_table(tmp, tok, quiet_items(), (count, max_len), fields, progress, data.item_instruction)
     record = {
         "fingerprint": key,
         "count": count,

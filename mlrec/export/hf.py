@@ -27,10 +27,11 @@ from mlrec.data.layout import ITEM_INDEX, ITEM_TOKENS
 from mlrec.data.tokenizer import load_tokenizer
 from mlrec.export.card import model_card
 from mlrec.models.adapters import merged_backbone
+from mlrec.models.decoders import weights_dtype
 from mlrec.models.recommender import (
-    ItemEncoder,
     Recommender,
     build_user_encoder,
+    item_encoder_for,
     load_backbone,
 )
 
@@ -85,10 +86,8 @@ def load_export(
     cfg = config_from_dict(
         yaml.safe_load((export_dir / CONFIG_FILE).read_text()), str(export_dir / CONFIG_FILE)
     )
-    backbone = load_backbone(str(export_dir), trust_remote_code)
-    item_encoder = ItemEncoder(
-        backbone, cfg.model.pooling, cfg.model.projection_dim, cfg.model.length_buckets
-    )
+    backbone = load_backbone(str(export_dir), trust_remote_code, weights_dtype(cfg.model))
+    item_encoder = item_encoder_for(backbone, cfg.model)
     model = Recommender(item_encoder, build_user_encoder(cfg.model, item_encoder.dim))
     heads = load_file(str(export_dir / HEADS_FILE))
     item_encoder.projection.load_state_dict(

@@ -24,6 +24,7 @@ import onnx
 import torch
 from torch import nn
 
+from mlrec.config import ConfigError
 from mlrec.export.backends import onnx_path
 from mlrec.export.hf import load_export
 
@@ -103,6 +104,15 @@ def export_onnx(export_dir: str | Path, trust_remote_code: bool = False) -> dict
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model, _, _ = load_export(export_dir, trust_remote_code)
+    if model.item_encoder.decoder is not None:
+        # the rows are right-aligned and EOS appended where missing before the model runs
+        # (mlrec.models.decoders): data-dependent shapes, which a traced graph would fix to the
+        # example's
+        raise ConfigError(
+            f"export.onnx: {export_dir} holds a decoder-only item encoder "
+            f"({model.item_encoder.backbone.config.model_type}); mlrec exports ONNX for "
+            "BERT-family encoders only. Set export.onnx=false: the Hugging Face export is complete"
+        )
     backbone = model.item_encoder.backbone
     # Traced attention as explicit matmul/softmax: the optimizer recognises that pattern, not
     # the decomposed scaled_dot_product_attention (the parity check holds both to torch).

@@ -11,6 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from mlrec.config import AdapterConfig
+from mlrec.models import decoders
 from mlrec.models.fused_lora import fuse_lora
 
 ADAPTER_DIR = "adapter"  # under the run directory
@@ -27,6 +28,8 @@ TARGET_MODULES: dict[str, list[str]] = {
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
     "mpnet": ["q", "k", "v", "o"],
     "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
+    # decoder-only families (mlrec.models.decoders): every attention and MLP projection
+    **{name: list(family.target_modules) for name, family in decoders.DECODERS.items()},
 }
 
 
@@ -42,19 +45,29 @@ def target_modules(backbone: PreTrainedModel, cfg: AdapterConfig) -> list[str]:
     return TARGET_MODULES[model_type]
 
 
-def adapt_backbone(backbone: PreTrainedModel, cfg: AdapterConfig, total_steps: int) -> nn.Module:
-    """Return the backbone ready to train under `cfg.method`."""
+def adapt_backbone(
+    backbone: PreTrainedModel, cfg: AdapterConfig, total_steps: int, top_layers: int = 0
+) -> nn.Module:
+    """Return the backbone ready to train under `cfg.method`; with `top_layers` (a decoder under
+    the frozen-layer cache, `model.layer_cache`), adapters go into the top layers only."""
     if cfg.method == "full":
         return backbone
     if cfg.method == "frozen":
         backbone.requires_grad_(False)
         return backbone
+    save = cfg.modules_to_save
+    if decoders.is_decoder(backbone.config) and save:
+        save = decoders.modules_to_save(backbone, save)
     common = {
         "target_modules": target_modules(backbone, cfg),
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
-        "modules_to_save": cfg.modules_to_save or None,
+        "modules_to_save": save or None,
     }
+    if top_layers:
+        layers = backbone.config.num_hidden_layers
+        common["layers_to_transform"] = list(range(layers - top_layers, layers))
+        common["layers_pattern"] = "layers"
     if cfg.method == "lora":
         peft_config = LoraConfig(r=cfg.r, **common)
     else:
@@ -73,6 +86,16 @@ def adapt_backbone(backbone: PreTrainedModel, cfg: AdapterConfig, total_steps: i
     if cfg.fused:
         fuse_lora(model)
     return model
+
+
+def enable_gradient_checkpointing(backbone: nn.Module) -> None:
+    """Recompute activations in backward, in a way that works under peft: non-reentrant
+    checkpointing (the reentrant kind gives frozen-weight layers' inputs no gradient, so LoRA
+    weights inside them would get none), and embedding outputs that require grad for the
+    checkpointed layers' inputs when the embeddings themselves are frozen."""
+    backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(backbone, "enable_input_require_grads"):
+        backbone.enable_input_require_grads()
 
 
 def merged_backbone(backbone: nn.Module) -> PreTrainedModel:

@@ -1,9 +1,10 @@
 """The recommender: an item encoder over news text, a user encoder over clicks, dot-product scores.
 
 Item encoder: any Hugging Face encoder (AutoModel) with CLS or mean pooling and an optional linear
-projection. User encoder: NRMS-style multi-head self-attention over the clicked items followed by
-additive attention (Wu et al., 2019), or a plain mean as a baseline. A candidate's score is the dot
-product of its item vector with the user vector.
+projection, or a decoder-only LLM with last-token or mean pooling (mlrec.models.decoders). User
+encoder: NRMS-style multi-head self-attention over the clicked items followed by additive
+attention (Wu et al., 2019), or a plain mean as a baseline. A candidate's score is the dot product
+of its item vector with the user vector.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import contextlib
 
 import torch
 from torch import nn
-from transformers import AutoModel, PreTrainedModel, XLMRobertaConfig
+from transformers import AutoConfig, AutoModel, PreTrainedModel, XLMRobertaConfig
 
 from mlrec.config import ModelConfig
 from mlrec.hub import from_pretrained
+from mlrec.models import decoders
 from mlrec.models.attention import use_mlrec_attention
 from mlrec.models.length_groups import length_groups
 from mlrec.models.packed_encoder import packable, packed_hidden_states
@@ -25,7 +27,9 @@ from mlrec.models.teacher_tower import GatedText, TeacherTower
 def build_backbone(cfg: ModelConfig, vocab_size: int, pad_token_id: int) -> PreTrainedModel:
     """Load `cfg.name_or_path` (hub id or folder), or build a random XLM-R of the set size."""
     if cfg.name_or_path:
-        return load_backbone(cfg.name_or_path, cfg.trust_remote_code)
+        return load_backbone(cfg.name_or_path, cfg.trust_remote_code, decoders.weights_dtype(cfg))
+    if cfg.architecture != "xlm-roberta":
+        return use_mlrec_attention(decoders.random_decoder(cfg, vocab_size, pad_token_id))
     config = XLMRobertaConfig(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
@@ -63,15 +67,29 @@ def _gathered(params: list[torch.nn.Parameter]):
     return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
-def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedModel:
+def load_backbone(
+    name_or_path: str, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32
+) -> PreTrainedModel:
     """A pretrained encoder from the hub or a folder, without the pooler mlrec does not use, and
-    with mlrec's attention (`mlrec.models.attention`)."""
+    with mlrec's attention (`mlrec.models.attention`); decoders load with SDPA attention."""
+    config = from_pretrained(AutoConfig, name_or_path, "model", trust_remote_code)
+    if decoders.is_decoder(config):
+        backbone = from_pretrained(
+            AutoModel,
+            name_or_path,
+            "model",
+            trust_remote_code,
+            dtype=dtype,
+            attn_implementation=decoders.attention_implementation(config),
+        )
+        return use_mlrec_attention(backbone)
+    extra = {} if dtype == torch.float32 else {"dtype": dtype}
     try:  # BERT-family poolers go unused, and DDP rejects parameters without gradients
         backbone = from_pretrained(
-            AutoModel, name_or_path, "model", trust_remote_code, add_pooling_layer=False
+            AutoModel, name_or_path, "model", trust_remote_code, add_pooling_layer=False, **extra
         )
     except TypeError:  # architectures without a pooler do not take the argument
-        backbone = from_pretrained(AutoModel, name_or_path, "model", trust_remote_code)
+        backbone = from_pretrained(AutoModel, name_or_path, "model", trust_remote_code, **extra)
     return use_mlrec_attention(backbone)
 
 
@@ -85,6 +103,10 @@ class ItemEncoder(nn.Module):
     `tower` (model.item_tower): "text" encodes the tokens; "teacher" maps each item's teacher
     vector (`features`, [items, feature_dim]) and does not run the text encoder; "fused" adds the
     text vector (projected to feature_dim) behind a closed gate (`mlrec.models.teacher_tower`).
+
+    A decoder (`decoder` set) sees its rows right-aligned, with EOS appended where asked
+    (mlrec.models.decoders); while training with a frozen-layer cache (`layer_cache` set), only
+    its top layers run (mlrec.models.layer_cache).
     """
 
     def __init__(
@@ -95,6 +117,7 @@ class ItemEncoder(nn.Module):
         length_buckets: int = 0,
         tower: str = "text",
         feature_dim: int = 0,
+        decoder: decoders.DecoderInputs | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -115,6 +138,8 @@ class ItemEncoder(nn.Module):
         self.tower = tower
         self.teacher = TeacherTower(feature_dim) if tower != "text" else None
         self.gate = GatedText(feature_dim) if tower == "fused" else None
+        self.decoder = decoder
+        self.layer_cache = None  # set by the trainer (mlrec.models.layer_cache.LayerCache)
 
     def forward(
         self,
@@ -136,6 +161,12 @@ class ItemEncoder(nn.Module):
 
     def text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The text encoder's vectors of a padded block of items."""
+        if self.decoder is not None and len(input_ids):
+            input_ids, attention_mask = self.decoder.prepare(input_ids, attention_mask)
+            if self.layer_cache is not None and self.training:
+                return self.pool(
+                    *self.layer_cache.top_states(self.backbone, input_ids, attention_mask)
+                )
         # an exported graph (ONNX) takes one padded block: the grouping is data-dependent, and
         # so is a test of the batch size, which would fix that size in the graph
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
@@ -177,9 +208,13 @@ class ItemEncoder(nn.Module):
         """Last hidden states [items, tokens, hidden] -> item vectors."""
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif self.pooling == "last":
+            pooled = decoders.last_token(hidden, attention_mask)
         else:
             weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        if self.decoder is not None:  # bf16 weights: the heads stay fp32
+            pooled = pooled.float()
         return self.projection(pooled)
 
 
@@ -284,17 +319,27 @@ class Recommender(nn.Module):
         return candidate_scores(users, items, candidates, in_batch)
 
 
-def build_recommender(
-    cfg: ModelConfig, vocab_size: int, pad_token_id: int, feature_dim: int = 0
-) -> Recommender:
-    """The recommender `cfg` describes; `feature_dim`: the width of the item features
-    (data.item_features) a teacher-feature item tower maps."""
-    item_encoder = ItemEncoder(
-        build_backbone(cfg, vocab_size, pad_token_id),
+def item_encoder_for(
+    backbone: PreTrainedModel, cfg: ModelConfig, feature_dim: int = 0
+) -> ItemEncoder:
+    """The item encoder `cfg` describes around `backbone` (a decoder's inputs from its config;
+    `feature_dim`: the width of the item features a teacher-feature item tower maps)."""
+    return ItemEncoder(
+        backbone,
         cfg.pooling,
         cfg.projection_dim,
         cfg.length_buckets,
         tower=cfg.item_tower,
         feature_dim=feature_dim,
+        decoder=decoders.decoder_inputs(backbone, cfg),
     )
+
+
+def build_recommender(
+    cfg: ModelConfig, vocab_size: int, pad_token_id: int, feature_dim: int = 0
+) -> Recommender:
+    """The recommender `cfg` describes; `feature_dim`: the width of the item features
+    (data.item_features) a teacher-feature item tower maps."""
+    backbone = build_backbone(cfg, vocab_size, pad_token_id)
+    item_encoder = item_encoder_for(backbone, cfg, feature_dim)
     return Recommender(item_encoder, build_user_encoder(cfg, item_encoder.dim))

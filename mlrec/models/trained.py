@@ -79,7 +79,7 @@ def load_trained(
     (`feature_dim`: the item features' width, for a teacher-feature item tower)."""
     model = build_recommender(cfg.model, vocab_size, pad_token_id, feature_dim)
     model.item_encoder.backbone = adapt_backbone(
-        model.item_encoder.backbone, cfg.adapter, cfg.train.steps
+        model.item_encoder.backbone, cfg.adapter, cfg.train.steps, cfg.model.layer_cache
     )
     state = {
         k: v for k, v in checkpoint_weights(checkpoint).items() if not k.startswith(TRAINING_ONLY)

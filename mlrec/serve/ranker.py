@@ -320,7 +320,7 @@ class Ranker:
     def _embed_batch(self, texts: list[str]) -> np.ndarray:
         with self.model_calls:
             encoded = self.tokenizer(
-                texts,
+                [self.cfg.data.item_instruction + t for t in texts],  # as the item table
                 truncation=True,
                 max_length=self.cfg.data.max_item_tokens,
                 padding=True,

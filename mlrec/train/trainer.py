@@ -31,12 +31,19 @@ from transformers import get_scheduler
 from mlrec import locks
 from mlrec.config import Config, ConfigError
 from mlrec.data.features import tower_features
-from mlrec.data.layout import TOKENIZER_DIR, load_manifest
+from mlrec.data.layout import ITEM_TOKENS, TOKENIZER_DIR, load_manifest
 from mlrec.data.loader import train_loader
 from mlrec.data.tokenizer import load_tokenizer
 from mlrec.evaluation.metrics import METRICS, format_table
 from mlrec.evaluation.ranking import evaluate
-from mlrec.models.adapters import ADAPTER_DIR, adalora_rank, adapt_backbone, save_adapter
+from mlrec.models.adapters import (
+    ADAPTER_DIR,
+    adalora_rank,
+    adapt_backbone,
+    enable_gradient_checkpointing,
+    save_adapter,
+)
+from mlrec.models.layer_cache import attach_layer_cache
 from mlrec.models.recommender import Recommender, build_recommender, target_columns
 from mlrec.models.trained import read_state, same_tokenizer
 from mlrec.runs import STATE_FILE, checkpoint_dirs, checkpoint_root, latest_checkpoint
@@ -121,6 +128,8 @@ class Trainer:
         # the items' teacher vectors, for a teacher-feature item tower (None: the text tower)
         self.features = tower_features(cfg.model.item_tower, cfg.data.item_features, cfg.shards_dir)
         model = self.build_model()
+        if cfg.model.layer_cache:
+            self.attach_layer_cache(model)
         # AdaLoRA reallocates ranks itself, every step, from the peft model (not the DDP wrapper)
         self.adalora = model.item_encoder.backbone if cfg.adapter.method == "adalora" else None
         params = [p for p in model.parameters() if p.requires_grad]
@@ -170,13 +179,35 @@ class Trainer:
         width = 0 if self.features is None else self.features.shape[1]
         model = build_recommender(cfg.model, len(self.tokenizer), self.pad_id, width)
         model.item_encoder.backbone = adapt_backbone(
-            model.item_encoder.backbone, cfg.adapter, cfg.train.steps
+            model.item_encoder.backbone, cfg.adapter, cfg.train.steps, cfg.model.layer_cache
         )
         if cfg.train.gradient_checkpointing:
-            model.item_encoder.backbone.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            enable_gradient_checkpointing(model.item_encoder.backbone)
         return model
+
+    def attach_layer_cache(self, model: Recommender) -> None:
+        """The frozen-layer cache (mlrec.models.layer_cache): the main process computes it (or
+        finds it up to date), then every process maps it."""
+        if self.accelerator.state.deepspeed_plugin is not None:
+            raise ConfigError(
+                "model.layer_cache: not with DeepSpeed (ZeRO-3 partitions the layers the cache "
+                "is computed from); train with DDP, or without the cache"
+            )
+        model.to(self.accelerator.device)
+        args = (
+            model.item_encoder,
+            self.cfg.model.layer_cache,
+            self.cfg.model.layer_cache_dtype,
+            self.cfg.shards_dir / ITEM_TOKENS,
+            self.manifest["tokenizer"]["sha256"],
+            self.pad_id,
+            self.cfg.shards_dir,
+        )
+        if self.accelerator.is_main_process:
+            attach_layer_cache(*args, build=True)
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            attach_layer_cache(*args, build=False)
 
     @property
     def writer(self):

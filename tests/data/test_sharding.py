@@ -163,3 +163,34 @@ def test_a_rebuilt_item_table_is_not_read_from_an_earlier_build(tmp_path):
     assert len(samples) == manifest["splits"]["train"]["impressions"] < len(refs)
     for sample in samples:
         assert [keys[row] for row in sample["candidates"]] == refs[sample["impression"]]
+
+
+def test_item_instruction_prefixes_every_item_and_rebuilds_the_table(tmp_path):
+    import numpy as np
+
+    from mlrec.data.layout import ITEM_TOKENS, TOKENIZER_DIR
+    from mlrec.data.tokenizer import load_tokenizer
+
+    cfg = tiny_config(tmp_path)
+    build_shards(ShardInputs.of(cfg), progress=False)
+    before = np.load(cfg.shards_dir / ITEM_TOKENS)
+    instruction = "news article: "
+    cfg = tiny_config(tmp_path, f'data.item_instruction="{instruction}"')  # YAML: quoted
+    build_shards(ShardInputs.of(cfg), progress=False)  # the same folder: the table is rebuilt
+    after = np.load(cfg.shards_dir / ITEM_TOKENS)
+    tok = load_tokenizer(cfg.shards_dir / TOKENIZER_DIR)
+    titles = {}
+    for lang in ("de", "ja"):
+        for line in (cfg.corpus_dir / "news" / f"{lang}.tsv").read_text().splitlines():
+            cols = line.split("\t")
+            titles[f"{cols[0]}@{lang}"] = cols[3]
+    keys = [key for key, *_ in item_index(cfg.shards_dir)]
+    checked = 0
+    for row, key in enumerate(keys):
+        if key not in titles:
+            continue
+        checked += 1
+        ids = tok(instruction + titles[key], truncation=True, max_length=after.shape[1])
+        assert after[row][: len(ids["input_ids"])].tolist() == ids["input_ids"]
+        assert not np.array_equal(after[row], before[row])
+    assert checked == 480  # every German and Japanese item
