@@ -113,16 +113,11 @@ def samples_per_s(batches, n_batches: int, batch_size: int) -> float:
     return n_batches * batch_size / (time.perf_counter() - start)
 
 
-def shard_run(corpus: Path, out: Path, tokenizer: Path) -> dict:
-    args = [
-        f"run_dir={out}",
-        "data.source=mind",
-        f"data.dir={corpus}",
-        "data.news={}",
-        f"model.tokenizer={tokenizer}",
-    ]
+def shard_in_child(overrides: list[str]) -> dict:
+    """Sharding with these config overrides in a fresh process (SHARD_CHILD), so its peak
+    memory is its own: its figures, with impressions/s."""
     done = subprocess.run(
-        [sys.executable, "-c", SHARD_CHILD, *args],
+        [sys.executable, "-c", SHARD_CHILD, *overrides],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -131,6 +126,18 @@ def shard_run(corpus: Path, out: Path, tokenizer: Path) -> dict:
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["impressions_per_s"] = result["impressions"] / result["seconds"]
     return result
+
+
+def shard_run(corpus: Path, out: Path, tokenizer: Path) -> dict:
+    return shard_in_child(
+        [
+            f"run_dir={out}",
+            "data.source=mind",
+            f"data.dir={corpus}",
+            "data.news={}",
+            f"model.tokenizer={tokenizer}",
+        ]
+    )
 
 
 def train_step_seconds(shards: Path, batch: dict, repeats: int) -> float:
@@ -242,25 +249,18 @@ def bench_parquet_sharding(work: Path, corpus: Path, tokenizer: Path, base: int)
         tables = work / f"parquet_{scale}x"
         if not (tables / "clicks.parquet").is_file():
             write_click_log(corpus, tables, base * scale)
-        args = [
-            f"run_dir={work / f'parquet_shards_{scale}x'}",
-            "data.source=table",
-            f"data.table.items={tables / 'items.parquet'}",
-            f"data.table.interactions={tables / 'clicks.parquet'}",
-            "data.table.columns.item_language=item_language",
-            "data.table.columns.category=category",
-            f"model.tokenizer={tokenizer}",
-        ]
-        done = subprocess.run(
-            [sys.executable, "-c", SHARD_CHILD, *args],
-            cwd=REPO,
-            check=True,
-            capture_output=True,
-            text=True,
+        run = shard_in_child(
+            [
+                f"run_dir={work / f'parquet_shards_{scale}x'}",
+                "data.source=table",
+                f"data.table.items={tables / 'items.parquet'}",
+                f"data.table.interactions={tables / 'clicks.parquet'}",
+                "data.table.columns.item_language=item_language",
+                "data.table.columns.category=category",
+                f"model.tokenizer={tokenizer}",
+            ]
         )
-        run = json.loads(done.stdout.strip().splitlines()[-1])
         run["clicks"] = base * scale
-        run["impressions_per_s"] = run["impressions"] / run["seconds"]
         results[f"parquet_shard_{scale}x"] = run
         print(f"parquet sharding {scale}x: {run}", flush=True)
     results["parquet_shard_peak_rss_ratio_10x"] = (
