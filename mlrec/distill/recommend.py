@@ -53,10 +53,19 @@ class DistillStudent(Recommender):
         # only a head that gets gradients may exist: DDP rejects unused parameters
         self.head = nn.Linear(dim, teacher_dim) if with_head and dim != teacher_dim else None
 
-    def forward(self, item_ids, item_mask, history, history_mask, candidates, in_batch=False):
+    def forward(
+        self,
+        item_ids,
+        item_mask,
+        history,
+        history_mask,
+        candidates,
+        in_batch=False,
+        item_features=None,
+    ):
         """Scores as Recommender.forward, plus (projected) item and user vectors, so that the
         whole student runs inside one DDP forward (gradients of every part are synchronised)."""
-        items = self.item_encoder(item_ids, item_mask)
+        items = self.item_encoder(item_ids, item_mask, item_features)
         users = self.user_vectors(items, history, history_mask)
         scores = candidate_scores(users, items, candidates, in_batch)
         if self.head is not None:
