@@ -71,6 +71,9 @@ class DebianCatalogConfig:
     # bilingual dev users (xMIND's mixed setting): history in this language, candidates in
     # each other one, as a second dev set "bilingual" ("": none)
     bilingual_from: str = ""
+    # training sessions per package neighbourhood (the package, what it depends on, recommends
+    # or suggests, and what names it: see mlrec/data/debian.py); 0: metapackages only
+    related_sessions: int = 0
 
 
 @dataclass(kw_only=True)
@@ -501,6 +504,7 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "data.synthetic.mixed_language_fraction": _FRACTION,
     "data.debian.sessions_per_basket": _POSITIVE,
     "data.debian.dev_sessions_per_basket": (lambda v: v >= 0, "must be >= 0 (0: the same)"),
+    "data.debian.related_sessions": _NON_NEGATIVE,
     "data.debian.dev_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
     "data.table.negatives_per_click": _POSITIVE,
     "data.table.max_history": _POSITIVE,

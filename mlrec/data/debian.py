@@ -44,6 +44,11 @@ Sessions (`train/behaviors.tsv`, `dev/behaviors.tsv`, 5 MIND columns; item refs 
   negatives (label 0) drawn from the items in L whose section no member of B has (fewer when
   L has fewer such items; no session when it has none). The impression list is shuffled with the
   same generator. The user id is `B`, the time is empty.
+- Package neighbourhoods (`related_sessions` > 0): each item package with the items its
+  Depends/Recommends/Suggests name and the items naming it in theirs is one more basket
+  (`related:<package>`, MIN_BASKET to MAX_RELATED members) that gives `related_sessions`
+  training sessions per language, made as above; these never go to dev, which stays the
+  metapackages. With `heldout_items` they lose the dev items too.
 - Split: a whole basket goes to dev when the first 8 hex digits of sha1(seed/B) fall below
   `dev_fraction`; all its sessions in every language go there, so dev measures how well the
   model completes groupings it never trained on.
@@ -410,6 +415,33 @@ def baskets(packages: dict[str, Package], is_item: set[str]) -> dict[str, list[s
     return out
 
 
+RELATED_PREFIX = "related:"  # a package-neighbourhood basket's name (":" is in no package name)
+MAX_RELATED = 50  # a neighbourhood with more members is a hub (xdg-utils, ...), not a grouping
+
+
+def related_baskets(packages: dict[str, Package], is_item: set[str]) -> dict[str, list[str]]:
+    """Item package p -> its neighbourhood: p, the items its Depends/Recommends/Suggests name
+    (each group's first item alternative) and the items that name p in theirs, without
+    duplicates; kept when it has MIN_BASKET to MAX_RELATED members. Training-only baskets
+    (`related_sessions`): what a package is installed with, where metapackages say what a
+    task is made of."""
+    items = {n for n in is_item if n in packages and not packages[n].is_basket}
+    forward: dict[str, list[str]] = {}
+    reverse: dict[str, list[str]] = {}
+    for name in sorted(items):
+        for group in packages[name].relations:
+            first = next((n for n in group if n in items), None)
+            if first and first != name and first not in forward.setdefault(name, []):
+                forward[name].append(first)
+                reverse.setdefault(first, []).append(name)
+    out = {}
+    for name in sorted(items):
+        members = list(dict.fromkeys([name, *forward.get(name, []), *reverse.get(name, [])]))
+        if MIN_BASKET <= len(members) <= MAX_RELATED:
+            out[RELATED_PREFIX + name] = members
+    return out
+
+
 @dataclass(frozen=True)
 class Session:
     basket: str
@@ -444,9 +476,12 @@ def build_sessions(
     heldout_items: bool = False,
     dev_sessions_per_basket: int = 0,
     bilingual_from: str = "",
+    related: dict[str, list[str]] | None = None,
+    related_sessions: int = 0,
 ) -> dict[str, list[Session]]:
     """split -> sessions, by the rules in the module docstring ("dev-bilingual" too, with
-    `bilingual_from`)."""
+    `bilingual_from`; `related_sessions` training sessions per basket of `related`, which never
+    go to dev)."""
     split: dict[str, list[Session]] = {"train": [], "dev": []}
     if bilingual_from:
         split["dev-bilingual"] = []
@@ -457,10 +492,12 @@ def build_sessions(
     # the dev baskets' items, kept out of training altogether (heldout_items): dev then asks
     # for items no training session showed, in any language, as a new catalog entry would
     unseen = {n for b in dev_baskets for n in members[b]} if heldout_items else set()
-    for basket, names in members.items():
+    extra = related if related and related_sessions else {}
+    for basket, names in [*members.items(), *extra.items()]:
         dev = basket in dev_baskets
         languages = sorted(items) if dev or not train_languages else sorted(train_languages)
         count = (dev_sessions_per_basket or sessions_per_basket) if dev else sessions_per_basket
+        count = related_sessions if basket in extra else count
         for lang in (lang for lang in languages if lang in items):
             present = [n for n in names if n in items[lang] and (dev or n not in unseen)]
             exclude = set() if dev else unseen
@@ -577,6 +614,7 @@ def convert(
     heldout_items: bool = False,
     dev_sessions_per_basket: int = 0,
     bilingual_from: str = "",
+    related_sessions: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Convert an apt lists folder into a MIND-format corpus in `root`; return corpus.json's
@@ -602,14 +640,17 @@ def convert(
         "heldout_items": heldout_items,
         "dev_sessions_per_basket": dev_sessions_per_basket,
         "bilingual_from": bilingual_from,
+        "related_sessions": related_sessions,
     }
-    sessions = build_sessions(members, items, **params)
+    related = related_baskets(packages, with_text) if related_sessions else {}
+    sessions = build_sessions(members, items, related=related, **params)
     write_corpus(root, items, sessions)
     meta = {
         "source": "debian",
         "lists": str(lists),
         "requested_languages": list(languages),
         **_corpus_counts(items, with_text, members, sessions),
+        "related_baskets": len(related),
         "params": {**params, "min_basket": MIN_BASKET, "negatives_per_click": NEGATIVES},
         **stats,
         "files": files,
@@ -704,6 +745,7 @@ def _convert_options(deb: DebianCatalogConfig) -> dict[str, Any]:
         "heldout_items": deb.heldout_items,
         "dev_sessions_per_basket": deb.dev_sessions_per_basket,
         "bilingual_from": deb.bilingual_from,
+        "related_sessions": deb.related_sessions,
     }
 
 

@@ -384,3 +384,60 @@ def test_a_corpus_converted_with_other_options_is_refused(tmp_path):
         pipeline.data(load_config(None, [*base, "data.debian.negatives=same-section"]))
     with pytest.raises(DataError, match="data.debian.languages"):
         pipeline.data(load_config(None, [*base, "data.debian.languages=[en, de]"]))
+
+
+def test_package_neighbourhoods_add_training_sessions_only(tmp_path):
+    """data.debian.related_sessions: each item package with what it depends on, recommends or
+    suggests and what names it is one more training basket; dev stays the metapackages, and
+    with heldout_items no dev item enters them. Off (0), the corpus is as before."""
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    _write_lists(lists)
+    with (lists / f"{PREFIX}_binary-amd64_Packages").open("a") as out:
+        # hub-tool's neighbourhood: itself, edit-a, edit-b, audio-a, audio-b, arcade-a (6);
+        # arcade-a's would be 2 (itself and hub-tool), too small; libfoo1 is no item
+        out.write(
+            "\n"
+            + _package(
+                "hub-tool",
+                "utils",
+                recommends="edit-a, edit-b, libfoo1",
+                suggests="audio-a | edit-c, audio-b, arcade-a",
+            )
+        )
+    with (lists / f"{PREFIX}_i18n_Translation-en").open("a") as out:
+        out.write("\n" + _translation("hub-tool", "en", "hub-tool in English"))
+    common = {"sessions_per_basket": 2, "dev_fraction": 0.5, "seed": 0, "train_languages": ["en"]}
+    common["negatives"] = "same-section"  # the neighbourhood spans every section there is
+    plain = debian.convert(lists, tmp_path / "plain", ["en", "de", "pt_BR"], **common)
+    root = tmp_path / "related"
+    meta = debian.convert(lists, root, ["en", "de", "pt_BR"], related_sessions=3, **common)
+    assert meta["related_baskets"] == 1 and meta["params"]["related_sessions"] == 3
+    train = [imp for _, imp in read_behaviors(root / "train" / "behaviors.tsv", "en")]
+    related = [imp for imp in train if imp.user == "related:hub-tool"]
+    assert len(related) == 3 and {imp.lang for imp in related} == {"en"}
+    hood = {"hub-tool", "edit-a", "edit-b", "audio-a", "audio-b", "arcade-a"}
+    for imp in related:
+        shown = {nid for (nid, _), label in zip(imp.candidates, imp.labels, strict=True) if label}
+        assert shown | {nid for nid, _ in imp.history} <= hood
+    assert meta["sessions"]["train"] == plain["sessions"]["train"] + 3
+    assert (root / "dev/behaviors.tsv").read_bytes() == (
+        tmp_path / "plain/dev/behaviors.tsv"
+    ).read_bytes()
+    # games-mix is the dev basket at seed 0: with heldout_items, arcade-a leaves hub-tool's
+    # neighbourhood, which keeps 5 members without it
+    assert all("arcade-a" in {nid for nid, _ in imp.history + imp.candidates} for imp in related)
+    held = debian.convert(
+        lists,
+        tmp_path / "held",
+        ["en", "de", "pt_BR"],
+        related_sessions=3,
+        heldout_items=True,
+        **common,
+    )
+    held_train = [imp for _, imp in read_behaviors(tmp_path / "held/train/behaviors.tsv", "en")]
+    held_related = [imp for imp in held_train if imp.user == "related:hub-tool"]
+    assert held["related_baskets"] == 1 and len(held_related) == 3
+    assert not any(
+        "arcade-a" in {n for n, _ in imp.history + imp.candidates} for imp in held_related
+    )
