@@ -27,9 +27,11 @@ The teacher itself is passed in as a callable, as mlrec.data may not import mlre
 from __future__ import annotations
 
 import hashlib
+import io as io_bytes
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ import numpy as np
 
 from mlrec import io
 from mlrec.config import ItemFeaturesConfig
-from mlrec.data.layout import FEATURES_RECORD, ITEM_FEATURES, item_index
+from mlrec.data.layout import FEATURES_RECORD, FEATURES_TRANSFORM, ITEM_FEATURES, item_index
 from mlrec.data.rows import DataError
 from mlrec.languages import parse_ref
 
@@ -51,6 +53,15 @@ def _normalised(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, _TINY)
 
 
+def language_means(
+    vectors: np.ndarray, languages: Sequence[str], rows: Sequence[int]
+) -> dict[str, np.ndarray]:
+    """Each language's mean vector over `rows` (the rows encoded)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    langs = np.asarray(languages)[rows]
+    return {lang: vectors[rows[langs == lang]].mean(axis=0) for lang in sorted(set(langs.tolist()))}
+
+
 def centre_by_language(
     vectors: np.ndarray, languages: Sequence[str], rows: Sequence[int]
 ) -> np.ndarray:
@@ -59,10 +70,58 @@ def centre_by_language(
     out = np.zeros_like(vectors)
     rows = np.asarray(rows, dtype=np.int64)
     langs = np.asarray(languages)[rows]
-    for lang in sorted(set(langs.tolist())):
+    for lang, mean in language_means(vectors, languages, rows).items():
         mine = rows[langs == lang]
-        out[mine] = _normalised(vectors[mine] - vectors[mine].mean(axis=0, keepdims=True))
+        out[mine] = _normalised(vectors[mine] - mean)
     return out
+
+
+@dataclass
+class FeatureTransform:
+    """What turns a teacher vector of a text in language L into its feature row: L's mean
+    (centre) and L's map onto `map_to`, as fit on the item table. Kept beside the table
+    (items/features-transform.npz) so texts the table does not hold (an item added later, a
+    retrieval pool) get features made the same way."""
+
+    means: dict[str, np.ndarray]  # language -> mean of its raw rows ({} without centre)
+    maps: dict[str, np.ndarray]  # language -> [dim, dim] map (languages without one: absent)
+    centre: bool
+
+    def __call__(self, raw: np.ndarray, lang: str) -> np.ndarray:
+        """Feature rows of teacher vectors `raw` [n, dim] of texts in `lang`."""
+        out = _normalised(np.asarray(raw, dtype=np.float32))
+        if self.centre:
+            if lang not in self.means:
+                raise DataError(
+                    f"item features: no centre for language {lang!r}: the item table the "
+                    f"features were made on has {', '.join(sorted(self.means))}"
+                )
+            out = _normalised(out - self.means[lang])
+        if lang in self.maps:
+            out = _normalised(out.astype(np.float64) @ self.maps[lang]).astype(np.float32)
+        return out
+
+    def save(self, path: Path) -> None:
+        arrays = {f"mean_{k}": v for k, v in self.means.items()}
+        arrays |= {f"map_{k}": v for k, v in self.maps.items()}
+        buffer = io_bytes.BytesIO()
+        np.savez(buffer, **arrays)
+        io.write_bytes(path, buffer.getvalue())
+
+    @classmethod
+    def load(cls, shards_dir: str | Path, spec: ItemFeaturesConfig) -> FeatureTransform:
+        """The transform of the features `spec` asks for (refused as `load_features` is)."""
+        load_features(shards_dir, spec)
+        path = Path(shards_dir) / FEATURES_TRANSFORM
+        if not path.is_file():
+            raise DataError(
+                f"{path}: missing (features written before mlrec kept their transform); "
+                "write them again with `mlrec shard --config ...`"
+            )
+        with np.load(path, allow_pickle=False) as z:
+            means = {k[5:]: z[k] for k in z.files if k.startswith("mean_")}
+            maps = {k[4:]: z[k] for k in z.files if k.startswith("map_")}
+        return cls(means, maps, spec.centre)
 
 
 def fit_map(source: np.ndarray, target: np.ndarray, kind: str, ridge: float = 1.0) -> np.ndarray:
@@ -154,18 +213,22 @@ def build_features(
         raise ValueError(f"{len(texts)} texts for an item table of {len(index)} rows")
     keys = [parse_ref(key, "") for key, *_ in index]
     log.info("item features: encoding %d item texts with %s", len(texts), teacher)
-    raw = _normalised(np.asarray(encode(texts), dtype=np.float32))
-    vectors = raw.copy()
+    encoded = np.asarray(encode(texts), dtype=np.float32)
+    raw = _normalised(encoded)
     languages = [lang for _, lang in keys]
-    if spec.centre:
-        vectors = centre_by_language(vectors, languages, range(len(vectors)))
+    means = language_means(raw, languages, range(len(raw))) if spec.centre else {}
+    transform = FeatureTransform(means, {}, spec.centre)
+    langs = np.asarray(languages)
+    vectors = raw.copy()
+    for lang in means:
+        mine = np.flatnonzero(langs == lang)
+        vectors[mine] = transform(encoded[mine], lang)
     report: dict[str, Any] = {}
     if spec.map != "none":
-        maps, report = language_maps(vectors, keys, spec, excluded)
-        langs = np.asarray(languages)
-        for lang, w in maps.items():
+        transform.maps, report = language_maps(vectors, keys, spec, excluded)
+        for lang in transform.maps:
             mine = np.flatnonzero(langs == lang)
-            vectors[mine] = _normalised(vectors[mine].astype(np.float64) @ w).astype(np.float32)
+            vectors[mine] = transform(encoded[mine], lang)
     record = {
         **_identity(spec, texts),
         "teacher_model": teacher,
@@ -179,6 +242,7 @@ def build_features(
     path = Path(shards_dir) / ITEM_FEATURES
     path.parent.mkdir(parents=True, exist_ok=True)
     io.save_npy(path, vectors.astype(np.float16))
+    transform.save(Path(shards_dir) / FEATURES_TRANSFORM)
     io.write_json(Path(shards_dir) / FEATURES_RECORD, record, indent=2)  # last: marks it done
     for lang, entry in report.items():
         log.info("item features: %s -> %s %s", lang, spec.map_to, entry)

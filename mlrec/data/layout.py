@@ -35,6 +35,7 @@ ITEM_INDEX = "items/index.tsv"
 ITEMS_RECORD = "items/items.json"
 ITEM_FEATURES = "items/features.npy"
 FEATURES_RECORD = "items/features.json"
+FEATURES_TRANSFORM = "items/features-transform.npz"  # per-language means and maps
 MANIFEST = "manifest.json"
 # in a local mirror of a remote shards folder (mlrec.data.remote): {"url": the folder's URL}
 REMOTE_RECORD = "remote.json"

@@ -92,6 +92,8 @@ def test_fused_tower_trains_on_teacher_features_in_the_shards(tmp_path):
     for entry in record["retrieval"].values():
         assert entry["pool"] > 0 and 0 <= entry["teacher_top1"] <= 1
         assert 0 <= entry["features_top1"] <= 1
+    # the transform kept beside the table makes the same rows from texts outside it
+    _transform_remakes_rows(cfg, table)
     mtime = (cfg.shards_dir / ITEM_FEATURES).stat().st_mtime_ns
     pipeline.shard(cfg)  # current: not written again
     assert (cfg.shards_dir / ITEM_FEATURES).stat().st_mtime_ns == mtime
@@ -110,6 +112,28 @@ def test_fused_tower_trains_on_teacher_features_in_the_shards(tmp_path):
     assert again["overall"]["auc"] == pytest.approx(metrics["overall"]["auc"], abs=1e-6)
     with pytest.raises(ConfigError, match="export and serving take text-tower models"):
         pipeline.export(cfg)
+
+
+def _transform_remakes_rows(cfg, table):
+    from mlrec.data.corpus import news_files
+    from mlrec.data.layout import item_index
+    from mlrec.distill.teachers import load_teacher
+    from mlrec.evaluation.baselines import item_texts
+    from mlrec.languages import parse_ref
+
+    texts = item_texts(
+        cfg.shards_dir, news_files(cfg.data, cfg.corpus_dir), cfg.data.text_fields, "strict"
+    )
+    langs = [parse_ref(key, "")[1] for key, *_ in item_index(cfg.shards_dir)]
+    transform = features.FeatureTransform.load(cfg.shards_dir, cfg.data.item_features)
+    assert set(transform.maps) == {"de", "ru", "ar", "zh", "ja"} and "en" in transform.means
+    teacher = load_teacher("muse")
+    for lang in ("en", "de", "ja"):
+        rows = [i for i, lang_i in enumerate(langs) if lang_i == lang][:12]
+        made = transform(teacher.encode([texts[i] for i in rows]), lang)
+        np.testing.assert_allclose(made, table[rows].astype(np.float32), atol=2e-3)
+    with pytest.raises(DataError, match="no centre for language 'xx'"):
+        transform(made, "xx")
 
 
 def test_teacher_tower_needs_a_frozen_encoder_and_current_features(tmp_path):
