@@ -299,7 +299,8 @@ def _identity(spec: ItemFeaturesConfig, texts: list[str] | None) -> dict[str, An
 def features_current(shards_dir: str | Path, spec: ItemFeaturesConfig) -> bool:
     """Whether the shards hold features made by `spec`'s teacher with its options."""
     record = Path(shards_dir) / FEATURES_RECORD
-    if not record.is_file() or not (Path(shards_dir) / ITEM_FEATURES).is_file():
+    needed = (record, Path(shards_dir) / ITEM_FEATURES, Path(shards_dir) / FEATURES_TRANSFORM)
+    if not all(path.is_file() for path in needed):
         return False
     made = json.loads(record.read_text())
     return all(made.get(k) == v for k, v in _identity(spec, None).items())
