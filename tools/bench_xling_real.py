@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "debian-transfer.yaml"
 # mUSE's 16 training languages (ar de en es fr it ja ko nl pl pt ru th tr zh zh-TW) that the
@@ -69,6 +71,7 @@ ROUTES: dict[str, tuple[str, list[str]]] = {
     ),
 }
 RECOMMENDED = "teacher_tower"
+GETTEXT_POOL = 400  # gettext sentences per language in the independent retrieval pool
 
 log = logging.getLogger("bench_xling_real")
 
@@ -122,6 +125,52 @@ def run_protocol(work: Path, protocol: str, common: list[str], routes: list[str]
         "route_seconds": {route: runs[route]["seconds"] for route in routes},
         "runs": {route: run["metrics"] for route, run in runs.items()},
     }
+
+
+def gettext_retrieval(work: Path, shards_dir: Path, per_language: int) -> dict[str, Any]:
+    """Translation retrieval on a pool that shares no text with the features' maps (fit on the
+    catalog's own translations): VLC's gettext sentences (6+ words), English -> each catalog
+    language, `per_language` sentences chosen by a hash of the English message id (the same
+    ones in every language). Top-1 among the pool's English sentences, with mUSE's raw vectors
+    and with the features made by the shards' transform (centre + map)."""
+    from mlrec.config import AlignConfig, DataConfig
+    from mlrec.data.features import FeatureTransform
+    from mlrec.data.pairs import fetch_vlc_catalogs, load_pairs
+    from mlrec.distill.teachers import load_teacher
+    from mlrec.evaluation.baselines import frozen_item_vectors
+    from mlrec.evaluation.retrieval import top1
+
+    cfg = _config(work, "hard", RECOMMENDED, [])
+    transform = FeatureTransform.load(shards_dir, cfg.data.item_features)
+    try:
+        locale = fetch_vlc_catalogs(work / "vlc")
+    except (FileNotFoundError, OSError) as err:
+        return {"skipped": f"vlc-l10n could not be fetched: {err}"}
+    languages = sorted(lang for lang in transform.means if lang != "en")
+    spec = AlignConfig(
+        sources=[str(locale)],
+        languages=languages,
+        min_words=6,
+        heldout_per_language=per_language,
+    )
+    pool = load_pairs(spec, DataConfig(), work / "unused").heldout
+    teacher = load_teacher("muse")
+    texts = sorted(
+        {text for pairs in pool.values() for p in pairs for text in (p.source, p.target)}
+    )
+    encoded = frozen_item_vectors(texts, teacher.encode, work / "vlc-cache", teacher.name)
+    vectors = dict(zip(texts, encoded, strict=True))
+    out: dict[str, Any] = {}
+    for lang, pairs in sorted(pool.items()):
+        src = np.stack([vectors[p.target] for p in pairs])  # the translation, into English
+        dst = np.stack([vectors[p.source] for p in pairs])
+        out[lang] = {
+            "pool": len(pairs),
+            "teacher_top1": top1(src, dst),
+            "features_top1": top1(transform(src, lang), transform(dst, "en")),
+        }
+        out[lang]["features_vs_teacher"] = out[lang]["features_top1"] / out[lang]["teacher_top1"]
+    return {"data": "vlc-l10n gettext, sentences of 6+ words, X -> en", "languages": out}
 
 
 def results(runs: dict[str, Any], dev_set: str, routes: list[str]) -> dict[str, Any]:
@@ -186,6 +235,7 @@ def main() -> None:
                 work / "hard" / "shards" / "baselines", work / "easy" / "shards" / "baselines"
             )
             protocols["easy"] = run_protocol(work, "easy", easy, routes)
+        retrieval = gettext_retrieval(work, work / "hard" / "shards", GETTEXT_POOL)
     hard = protocols["hard"]["sets"]
     out = {
         "recommended": RECOMMENDED,
@@ -199,6 +249,7 @@ def main() -> None:
         "results": hard["monolingual"],
         "bilingual": hard["bilingual"],
         "protocols": protocols,
+        "gettext_retrieval": retrieval,
     }
     args.out.write_text(json.dumps(out, indent=2))
     head = hard["monolingual"]["overall"]
