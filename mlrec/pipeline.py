@@ -104,10 +104,13 @@ def item_features(cfg: Config) -> dict[str, Any]:
     texts = base.item_texts(
         shards_dir, news_files(cfg.data, cfg.corpus_dir), cfg.data.text_fields, cfg.data.on_error
     )
+    extra = _map_pairs(cfg)
+    pairs_digest = io.texts_digest(t for pairs in extra.values() for pair in pairs for t in pair)
     record = shards_dir / FEATURES_RECORD
     if features.features_current(shards_dir, spec):
         made = json.loads(record.read_text())
-        if made.get("texts_sha256") == io.texts_digest(texts):
+        current = made.get("texts_sha256") == io.texts_digest(texts)
+        if current and made.get("map_pairs_sha256", pairs_digest) == pairs_digest:
             log.info("item features: %s is current", record)
             return made
     teacher = load_teacher(spec.teacher, trust_remote_code=cfg.model.trust_remote_code)
@@ -120,7 +123,29 @@ def item_features(cfg: Config) -> dict[str, Any]:
             batch, teacher.encode, shards_dir / "baselines", teacher.name
         )
 
-    return features.build_features(shards_dir, texts, encode, spec, excluded, teacher.name)
+    made = features.build_features(shards_dir, texts, encode, spec, excluded, teacher.name, extra)
+    if extra:  # the record's digest of the pairs too: other pairs make other maps
+        made["map_pairs_sha256"] = pairs_digest
+        io.write_json(record, made, indent=2)
+    return made
+
+
+def _map_pairs(cfg: Config) -> dict[str, list[tuple[str, str]]]:
+    """data.item_features.map_sources' training pairs, as language -> [(L text, map_to text)],
+    for the languages of the item table ({} without map_sources)."""
+    spec = cfg.data.item_features
+    if not spec.map_sources:
+        return {}
+    from mlrec.data.layout import item_index
+    from mlrec.data.pairs import map_pairs
+    from mlrec.languages import parse_ref
+
+    languages = sorted({parse_ref(key, "")[1] for key, *_ in item_index(cfg.shards_dir)})
+    pairs = map_pairs(spec, cfg.data, [lang for lang in languages if lang != spec.map_to])
+    out: dict[str, list[tuple[str, str]]] = {}
+    for pair in pairs.train:
+        out.setdefault(pair.tgt_lang, []).append((pair.target, pair.source))
+    return out
 
 
 def remote_shards(cfg: Config) -> None:

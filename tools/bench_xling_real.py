@@ -1,6 +1,6 @@
 """Zero-shot cross-lingual transfer on a real translated catalog, against the strong baselines.
 
-    python -m tools.bench_xling_real --out FILE.json [--quick] [--work DIR]
+    python -m tools.bench_xling_real --out FILE.json [--quick] [--ablation] [--work DIR]
 
 Debian's hand-translated package descriptions (`data.source: debian`, fetched with apt-get as
 root) as a catalog, metapackages as baskets (`configs/debian-transfer.yaml`): training sessions
@@ -17,6 +17,11 @@ sample), beside click popularity, the frozen mUSE teacher with late fusion and t
 teacher with a linear head trained on the English clicks, all on the same impressions. Each
 impression in another language is scored again with its items in English: the zero-shot loss
 (target minus English, on the same impressions).
+
+Translation retrieval on an independent pool: 400 of VLC's gettext sentences per language
+(`apt-get download vlc-l10n`, the held-out part of the split `data.item_features.map_sources`
+would use), X -> en, mUSE's raw vectors against the features made by the shards' transform.
+`--ablation` adds the switches of `ablations`, each trained and scored like the hard protocol.
 
 The JSON holds, per protocol, dev set and language, for every scorer: auc, ndcg@10, zs_loss,
 `se` (the paired standard error of its AUC difference against teacher_late_fusion), `se_by_user`
@@ -91,10 +96,35 @@ def _config(work: Path, protocol: str, route: str, extra: list[str]):
     )
 
 
-def run_protocol(work: Path, protocol: str, common: list[str], routes: list[str]) -> dict:
-    """Convert, shard (with the item features) and train + evaluate every route."""
+def ablations(locale: Path) -> dict[str, tuple[str, list[str]]]:
+    """`--ablation`: switches tried on the hard protocol with the recommended route, each a
+    protocol of its own (other sessions or other features mean other shards)."""
+    return {
+        "hard-related": (
+            "4,600 more English training baskets: package neighbourhoods "
+            "(data.debian.related_sessions=1)",
+            ["data.debian.related_sessions=1"],
+        ),
+        "hard-gettext-maps": (
+            "the feature maps also fit on VLC's gettext sentences (data.item_features."
+            "map_sources), minus the retrieval pool",
+            [
+                f"data.item_features.map_sources=[{locale}]",
+                f"data.item_features.map_heldout={GETTEXT_POOL}",
+            ],
+        ),
+    }
+
+
+def run_protocol(
+    work: Path, protocol: str, common: list[str], routes: list[str], reuse: Path | None = None
+) -> dict:
+    """Convert, shard (with the item features) and train + evaluate every route (`reuse`:
+    another protocol's folder whose cached teacher vectors to start from)."""
     from mlrec import pipeline
 
+    if reuse is not None and not (work / protocol / "shards" / "baselines").exists():
+        shutil.copytree(reuse / "shards" / "baselines", work / protocol / "shards" / "baselines")
     start = time.perf_counter()
     cfg = _config(work, protocol, routes[0], common)
     pipeline.data(cfg)
@@ -133,9 +163,11 @@ def gettext_retrieval(work: Path, shards_dir: Path, per_language: int) -> dict[s
     language, `per_language` sentences chosen by a hash of the English message id (the same
     ones in every language). Top-1 among the pool's English sentences, with mUSE's raw vectors
     and with the features made by the shards' transform (centre + map)."""
-    from mlrec.config import AlignConfig, DataConfig
+    from dataclasses import replace
+
+    from mlrec.config import DataConfig
     from mlrec.data.features import FeatureTransform
-    from mlrec.data.pairs import fetch_vlc_catalogs, load_pairs
+    from mlrec.data.pairs import fetch_vlc_catalogs, map_pairs
     from mlrec.distill.teachers import load_teacher
     from mlrec.evaluation.baselines import frozen_item_vectors
     from mlrec.evaluation.retrieval import top1
@@ -147,13 +179,9 @@ def gettext_retrieval(work: Path, shards_dir: Path, per_language: int) -> dict[s
     except (FileNotFoundError, OSError) as err:
         return {"skipped": f"vlc-l10n could not be fetched: {err}"}
     languages = sorted(lang for lang in transform.means if lang != "en")
-    spec = AlignConfig(
-        sources=[str(locale)],
-        languages=languages,
-        min_words=6,
-        heldout_per_language=per_language,
-    )
-    pool = load_pairs(spec, DataConfig(), work / "unused").heldout
+    # the held-out part of the split the maps use when map_sources names these catalogs
+    spec = replace(cfg.data.item_features, map_sources=[str(locale)], map_heldout=per_language)
+    pool = map_pairs(spec, DataConfig(), languages).heldout
     teacher = load_teacher("muse")
     texts = sorted(
         {text for pairs in pool.values() for p in pairs for text in (p.source, p.target)}
@@ -209,6 +237,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the figures")
     parser.add_argument("--quick", action="store_true", help="hard protocol only, 100 steps")
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp folder)")
+    parser.add_argument(
+        "--ablation", action="store_true", help="also the switches of `ablations` (hard only)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -220,22 +251,21 @@ def main() -> None:
         work = args.work or Path(tmp)
         common = [f"train.steps={steps}", "train.overwrite=true"]
         protocols = {"hard": run_protocol(work, "hard", common, routes)}
+        # the other protocols read the lists the first fetched, and the teacher's vectors it
+        # encoded: the item table is the same (only the sessions differ), and the cache is
+        # keyed by teacher and texts, so it is reused only if that holds
+        lists = work / "hard" / "corpus" / "apt-lists" / "lists"
+        others = [*common, f"data.debian.lists_dir={lists}"]
         if not args.quick:
-            # the second protocol reads the lists the first fetched
-            lists = work / "hard" / "corpus" / "apt-lists" / "lists"
-            easy = [
-                *common,
-                "data.debian.negatives=other-sections",
-                f"data.debian.lists_dir={lists}",
-            ]
-            # and the teacher's vectors the first encoded: the item table is the same (only the
-            # sessions differ), and the cache is keyed by teacher and texts, so it is reused only
-            # if that holds
-            shutil.copytree(
-                work / "hard" / "shards" / "baselines", work / "easy" / "shards" / "baselines"
-            )
-            protocols["easy"] = run_protocol(work, "easy", easy, routes)
+            easy = [*others, "data.debian.negatives=other-sections"]
+            protocols["easy"] = run_protocol(work, "easy", easy, routes, reuse=work / "hard")
         retrieval = gettext_retrieval(work, work / "hard" / "shards", GETTEXT_POOL)
+        if args.ablation:
+            locale = work / "vlc" / "usr" / "share" / "locale"  # gettext_retrieval fetched it
+            for name, (_, extra) in ablations(locale).items():
+                protocols[name] = run_protocol(
+                    work, name, [*others, *extra], [RECOMMENDED], reuse=work / "hard"
+                )
     hard = protocols["hard"]["sets"]
     out = {
         "recommended": RECOMMENDED,
@@ -246,6 +276,9 @@ def main() -> None:
         "seconds": time.perf_counter() - start,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "routes": {name: about for name, (about, _) in ROUTES.items()},
+        "ablations": {name: about for name, (about, _) in ablations(Path("vlc")).items()}
+        if args.ablation
+        else {},
         "results": hard["monolingual"],
         "bilingual": hard["bilingual"],
         "protocols": protocols,

@@ -158,9 +158,12 @@ def language_maps(
     keys: Sequence[tuple[str, str]],
     spec: ItemFeaturesConfig,
     excluded: set[str],
+    extra: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Per language L != spec.map_to: the map of L's rows onto map_to's, fit on the news ids
-    both have (minus `excluded`); and what each map was fit on and how well it does."""
+    both have (minus `excluded`) and on `extra[L]` (more (L, map_to) vector pairs, already
+    centred); and what each map was fit on and how well it does."""
+    extra = extra or {}
     by_lang: dict[str, dict[str, int]] = {}
     for row, (nid, lang) in enumerate(keys):
         by_lang.setdefault(lang, {})[nid] = row
@@ -172,13 +175,16 @@ def language_maps(
         shared = sorted(n for n in by_lang[lang] if n in target and n not in excluded)
         fit_on = [n for n in shared if not _held_out(n)]
         check = [n for n in shared if _held_out(n)]
+        more_x, more_y = extra.get(lang, (np.zeros((0, vectors.shape[1])),) * 2)
         entry: dict[str, Any] = {"pairs": len(fit_on), "held_out_pairs": len(check)}
-        if len(fit_on) < spec.min_pairs:
+        if lang in extra:
+            entry["extra_pairs"] = len(more_x)
+        if len(fit_on) + len(more_x) < spec.min_pairs:
             entry["map"] = f"none (fewer than {spec.min_pairs} pairs)"
             report[lang] = entry
             continue
-        src = vectors[[by_lang[lang][n] for n in fit_on]].astype(np.float64)
-        dst = vectors[[target[n] for n in fit_on]].astype(np.float64)
+        src = np.vstack([vectors[[by_lang[lang][n] for n in fit_on]], more_x]).astype(np.float64)
+        dst = np.vstack([vectors[[target[n] for n in fit_on]], more_y]).astype(np.float64)
         x = vectors[[by_lang[lang][n] for n in check]].astype(np.float64)
         y = vectors[[target[n] for n in check]].astype(np.float64)
         if spec.map == "linear" and check:
@@ -204,10 +210,12 @@ def build_features(
     spec: ItemFeaturesConfig,
     excluded: set[str],
     teacher: str,
+    extra: dict[str, list[tuple[str, str]]] | None = None,
 ) -> dict[str, Any]:
     """Encode every row's text, centre and map as `spec` says, write items/features.npy and its
     record (see the module docstring); returns the record. `excluded`: the news ids no map may
-    be fit on (those of the dev impressions)."""
+    be fit on (those of the dev impressions); `extra`: language L -> more (L text, map_to text)
+    pairs for L's map (data.item_features.map_sources)."""
     index = item_index(shards_dir)
     if len(texts) != len(index):
         raise ValueError(f"{len(texts)} texts for an item table of {len(index)} rows")
@@ -225,7 +233,8 @@ def build_features(
         vectors[mine] = transform(encoded[mine], lang)
     report: dict[str, Any] = {}
     if spec.map != "none":
-        transform.maps, report = language_maps(vectors, keys, spec, excluded)
+        more = _extra_vectors(extra or {}, encode, transform, spec.map_to)
+        transform.maps, report = language_maps(vectors, keys, spec, excluded, more)
         for lang in transform.maps:
             mine = np.flatnonzero(langs == lang)
             vectors[mine] = transform(encoded[mine], lang)
@@ -247,6 +256,29 @@ def build_features(
     for lang, entry in report.items():
         log.info("item features: %s -> %s %s", lang, spec.map_to, entry)
     return record
+
+
+def _extra_vectors(
+    extra: dict[str, list[tuple[str, str]]],
+    encode: Callable[[list[str]], np.ndarray],
+    centre: FeatureTransform,
+    target: str,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The centred teacher vectors of the extra pairs of each language the table has (one
+    encode call for all their texts)."""
+    extra = {lang: pairs for lang, pairs in extra.items() if lang in centre.means and pairs}
+    texts = sorted({text for pairs in extra.values() for pair in pairs for text in pair})
+    if not texts:
+        return {}
+    row = {text: i for i, text in enumerate(texts)}
+    raw = np.asarray(encode(texts), dtype=np.float32)
+    return {
+        lang: (
+            centre(raw[[row[x] for x, _ in pairs]], lang),
+            centre(raw[[row[y] for _, y in pairs]], target),
+        )
+        for lang, pairs in sorted(extra.items())
+    }
 
 
 def held_out_retrieval(
@@ -289,6 +321,8 @@ def _identity(spec: ItemFeaturesConfig, texts: list[str] | None) -> dict[str, An
     out = {"teacher": spec.teacher, "centre": spec.centre, "map": spec.map, "map_to": spec.map_to}
     if spec.map != "none":
         out["min_pairs"] = spec.min_pairs
+    if spec.map_sources:
+        out["map_sources"], out["map_heldout"] = list(spec.map_sources), spec.map_heldout
     if spec.map == "linear":
         out["ridges"] = list(RIDGES)
     if texts is not None:

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlrec.config import AlignConfig, ConfigError, DataConfig
+from mlrec.config import AlignConfig, ConfigError, DataConfig, ItemFeaturesConfig
 from mlrec.data.corpus import news_files, prepare_corpus
 from mlrec.data.mind import read_news
 from mlrec.data.parallel import Pair, mo_pairs, read_parallel_tsv
@@ -151,3 +151,27 @@ def fetch_vlc_catalogs(dest: str | Path) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(dest)], check=True)
     return locale
+
+
+MAP_MIN_WORDS = 6  # gettext strings shorter than this are menu labels, not sentences
+
+
+def map_pairs(spec: ItemFeaturesConfig, data: DataConfig, languages: list[str]) -> ParallelSet:
+    """The pairs of data.item_features.map_sources (map_to -> each of `languages`), split as
+    alignment's are: `train` for the feature maps, `heldout` (map_heldout per language) never
+    fit on."""
+    align = AlignConfig(
+        sources=list(spec.map_sources),
+        source_language=spec.map_to,
+        languages=list(languages),
+        min_words=MAP_MIN_WORDS,
+        heldout_per_language=spec.map_heldout,
+    )
+    # the corpus is not a source here: the catalog's own translations are read from the shards
+    if "corpus" in align.sources:
+        raise ConfigError(
+            "data.item_features.map_sources: 'corpus' is not needed (the catalog's translations "
+            "are always used); name other parallel text"
+        )
+    return load_pairs(align, data, Path())
+
