@@ -164,3 +164,77 @@ def test_held_out_retrieval_counts_own_translation_as_nearest():
     final = np.array([[1, 0], [0, 1], [1, 0], [0, 1], [1, 0]], dtype=np.float32)  # right
     got = features.held_out_retrieval(raw, final, keys, {"a", "b"}, "en")
     assert got == {"de": {"pool": 2, "teacher_top1": 0.0, "features_top1": 1.0}}
+
+
+def test_extra_pairs_give_a_map_where_the_catalog_has_too_few():
+    """data.item_features.map_sources: parallel sentences from elsewhere join the catalog's
+    translations, so a language with few translated items still gets its map."""
+    rng = np.random.default_rng(2)
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    nids = [f"N{i}" for i in range(30)]
+    en = _unit_rows(rng, len(nids), 8)
+    keys = [(n, "en") for n in nids] + [(n, "fi") for n in nids]
+    vectors = np.vstack([en, en @ rotation.T]).astype(np.float32)
+    spec = ItemFeaturesConfig(teacher="t", map="procrustes", map_to="en", min_pairs=50)
+    maps, report = features.language_maps(vectors, keys, spec, set())
+    assert not maps and report["fi"]["map"].startswith("none")  # 27 catalog pairs < 50
+    more = _unit_rows(rng, 200, 8)
+    maps, report = features.language_maps(
+        vectors, keys, spec, set(), extra={"fi": (more @ rotation.T, more)}
+    )
+    assert report["fi"]["extra_pairs"] == 200 and report["fi"]["map"] == "procrustes"
+    assert np.allclose(maps["fi"], rotation, atol=1e-5)
+
+
+def test_map_sources_hold_out_a_pool_no_map_is_fit_on(tmp_path):
+    from mlrec.config import DataConfig
+    from mlrec.data.pairs import map_pairs
+
+    tsv = tmp_path / "pairs.tsv"
+    rows = [f"the english sentence number {i} is here\tder Satz {i}\ten\tde" for i in range(40)]
+    rows += ["too short\tzu kurz\ten\tde", "six words but a printf %s\tsechs %s\ten\tde"]
+    tsv.write_text("\n".join(rows) + "\n")
+    spec = ItemFeaturesConfig(
+        teacher="t", map="linear", map_to="en", map_sources=[str(tsv)], map_heldout=7
+    )
+    split = map_pairs(spec, DataConfig(), ["de"])
+    held = {p.source for p in split.heldout["de"]}
+    trained = {p.source for p in split.train}
+    assert len(held) == 7 and len(trained) == 33 and not held & trained
+    assert all(p.tgt_lang == "de" and p.src_lang == "en" for p in split.train)
+    # the same split every time: the bench's retrieval pool is the part no map saw
+    assert {p.source for p in map_pairs(spec, DataConfig(), ["de"]).heldout["de"]} == held
+    with pytest.raises(ConfigError, match="'corpus' is not needed"):
+        map_pairs(ItemFeaturesConfig(teacher="t", map="linear", map_to="en",
+                                     map_sources=["corpus"]), DataConfig(), ["de"])  # fmt: skip
+    with pytest.raises(ConfigError, match="data.item_features.map_sources"):
+        tiny_config(
+            tmp_path / "run",
+            "data.item_features.teacher=muse",
+            f"data.item_features.map_sources=[{tsv}]",
+        )
+
+
+def test_shards_fit_maps_on_map_sources_and_notice_new_pairs(tmp_path):
+    from mlrec import pipeline
+
+    tsv = tmp_path / "pairs.tsv"
+    rows = [
+        f"a sentence of six words, {i}\tein Satz mit sechs Wörtern, {i}\ten\tde" for i in range(30)
+    ]
+    tsv.write_text("\n".join(rows) + "\n")
+    cfg = _run(
+        tmp_path,
+        "data.synthetic.dev_impressions=10",
+        f"data.item_features.map_sources=[{tsv}]",
+        "data.item_features.map_heldout=5",
+    )
+    pipeline.shard(cfg)
+    first = pipeline.item_features(cfg)
+    assert first["maps"]["de"]["extra_pairs"] == 25 and "extra_pairs" not in first["maps"]["ru"]
+    assert first["map_sources"] == [str(tsv)] and first["map_heldout"] == 5
+    assert pipeline.item_features(cfg)["map_pairs_sha256"] == first["map_pairs_sha256"]
+    tsv.write_text("\n".join(rows[:20]) + "\n")  # other pairs: other maps, made again
+    again = pipeline.item_features(cfg)
+    assert again["maps"]["de"]["extra_pairs"] == 15
+    assert again["map_pairs_sha256"] != first["map_pairs_sha256"]
