@@ -157,7 +157,9 @@ def run_protocol(
     }
 
 
-def gettext_retrieval(work: Path, shards_dir: Path, per_language: int) -> dict[str, Any]:
+def gettext_retrieval(
+    work: Path, shards_dir: Path, per_language: int, extra: list[str] = ()
+) -> dict[str, Any]:
     """Translation retrieval on a pool that shares no text with the features' maps (fit on the
     catalog's own translations): VLC's gettext sentences (6+ words), English -> each catalog
     language, `per_language` sentences chosen by a hash of the English message id (the same
@@ -172,7 +174,7 @@ def gettext_retrieval(work: Path, shards_dir: Path, per_language: int) -> dict[s
     from mlrec.evaluation.baselines import frozen_item_vectors
     from mlrec.evaluation.retrieval import top1
 
-    cfg = _config(work, "hard", RECOMMENDED, [])
+    cfg = _config(work, "hard", RECOMMENDED, list(extra))  # extra: the features' options
     transform = FeatureTransform.load(shards_dir, cfg.data.item_features)
     try:
         locale = fetch_vlc_catalogs(work / "vlc")
@@ -266,6 +268,10 @@ def main() -> None:
                 protocols[name] = run_protocol(
                     work, name, [*others, *extra], [RECOMMENDED], reuse=work / "hard"
                 )
+                if name == "hard-gettext-maps":  # the same pool, with maps that saw the rest
+                    protocols[name]["gettext_retrieval"] = gettext_retrieval(
+                        work, work / name / "shards", GETTEXT_POOL, extra
+                    )
     hard = protocols["hard"]["sets"]
     out = {
         "recommended": RECOMMENDED,
